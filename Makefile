@@ -1,0 +1,78 @@
+# kimi-operator: every target is listed by `make help`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed
+export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator
+CLUSTER ?= default
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml hack/contract-requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[dev,fetch]'
+	.venv/bin/pip install -q --no-deps -r hack/contract-requirements.txt
+	touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Create .venv with the operator, dev tools and the pinned sglang parser
+
+.PHONY: bins
+bins: ## Build (once, cached in ~/.cache/kimi-operator) the control-plane binaries from the Go module proxy
+	bash hack/build-bins.sh
+
+.PHONY: cluster-up
+cluster-up: venv bins ## Start a local control plane with simulated 8-GPU nodes; prints its kubeconfig
+	$(PY) -m kimi_testbed.cluster up --name $(CLUSTER)
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane started by cluster-up
+	$(PY) -m kimi_testbed.cluster down --name $(CLUSTER)
+
+.PHONY: crds
+crds: venv ## Regenerate crds/ from the pydantic models
+	$(PY) -m kimi_operator.api.crd --write crds/
+
+.PHONY: lint
+lint: venv ## ruff lint and format check
+	.venv/bin/ruff check operator tests hack
+	.venv/bin/ruff format --check operator tests hack
+
+.PHONY: fmt
+fmt: venv ## Format and autofix
+	.venv/bin/ruff format operator tests hack
+	.venv/bin/ruff check --fix operator tests hack
+
+.PHONY: typecheck
+typecheck: venv ## mypy --strict
+	.venv/bin/mypy
+
+.PHONY: unit
+unit: venv ## Unit tests (fast, no cluster)
+	$(PY) -m pytest -q tests/unit
+
+.PHONY: contract
+contract: venv ## Every rendered SGLang command line parsed by the pinned sglang's own parser
+	$(PY) -m pytest -q tests/contract
+
+.PHONY: test-cluster
+test-cluster: venv bins ## Tests against the local control plane (started and stopped by the session)
+	$(PY) -m pytest -q tests/cluster
+
+.PHONY: test
+test: venv bins ## All tests: unit, contract, cluster
+	$(PY) -m pytest -q tests
+
+.PHONY: check
+check: lint typecheck test ## Lint, types and all tests
+
+.PHONY: demo
+demo: venv bins ## Local control plane + operator + examples/kimi-k2.5-h200.yaml going Ready
+	bash hack/demo.sh
+
+.PHONY: bench
+bench: venv bins ## Benchmarks (numbers, not pass/fail)
+	$(PY) hack/bench.py

@@ -1,0 +1,284 @@
+"""Generate the KimiDeployment CustomResourceDefinition from the pydantic models.
+
+`python -m kimi_operator.api.crd --write crds/` (make crds) writes the file; a unit test fails when the committed
+file differs from this output. Transformations: $refs inlined, titles dropped, Optional[X] -> X (not required),
+free-form dicts -> x-kubernetes-preserve-unknown-fields, nested defaulted objects get `default: {}` so the API
+server applies nested defaults, CEL rules for cross-field checks and immutable fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kimi_operator import catalog
+from kimi_operator.api.models import (
+    GROUP,
+    KIND,
+    OWNED_FLAGS,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    KimiDeploymentSpec,
+    KimiDeploymentStatus,
+)
+
+Schema = dict[str, Any]
+
+OWNED_FLAGS_RE = "^(" + "|".join(OWNED_FLAGS) + ")([= ].*)?$"
+
+# CEL rules, keyed by the dotted path of the schema node they sit on.
+CEL_RULES: dict[str, list[dict[str, str]]] = {
+    "spec.weights": [
+        {
+            "rule": "!has(self.existingClaimName) || (!has(self.storageClassName) && !has(self.size))",
+            "message": "weights.existingClaimName cannot be combined with storageClassName or size: the operator "
+            "neither creates nor resizes a volume you bring; remove one of them",
+        },
+        {
+            "rule": "has(self.existingClaimName) == has(oldSelf.existingClaimName) && "
+            "(!has(self.existingClaimName) || self.existingClaimName == oldSelf.existingClaimName)",
+            "message": "weights.existingClaimName is immutable: create a new KimiDeployment to move to another "
+            "volume",
+        },
+        {
+            "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+            "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+            "message": "weights.storageClassName is immutable (a PVC's class cannot change)",
+        },
+        {
+            "rule": "self.accessMode == oldSelf.accessMode",
+            "message": "weights.accessMode is immutable (a PVC's access mode cannot change)",
+        },
+    ],
+    "spec.engine.extraArgs": [
+        {
+            "rule": f"self.all(a, !a.matches('{OWNED_FLAGS_RE}'))",
+            "messageExpression": "'engine.extraArgs: ' + self.filter(a, a.matches('"
+            + OWNED_FLAGS_RE
+            + "'))[0] + ' is set by the operator from the plan; use the matching spec field "
+            "(model, topology or engine) instead'",
+        },
+        {
+            "rule": "self.all(a, !a.startsWith('--enable-ep-moe'))",
+            "message": "engine.extraArgs: --enable-ep-moe was removed from SGLang; set engine.expertParallel: true",
+        },
+    ],
+    "spec.rollout": [
+        {
+            "rule": "self.maxSurge > 0 || self.maxUnavailable > 0",
+            "message": "rollout: maxSurge and maxUnavailable cannot both be 0 (a rollout could never progress); "
+            "use maxUnavailable: 1 when there is no spare GPU node",
+        }
+    ],
+}
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Ready", "type": "string", "jsonPath": ".status.ready", "description": "Ready/desired replicas"},
+    {
+        "name": "Status",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "description": "Reason of the Ready condition",
+    },
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.repo"},
+    {"name": "Weights", "type": "string", "jsonPath": ".status.weights.progress", "description": "Download"},
+    {
+        "name": "Queue",
+        "type": "integer",
+        "jsonPath": ".status.autoscaler.queueDepth",
+        "description": "Queued requests",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+    {"name": "Plan", "type": "string", "jsonPath": ".status.plan.summary", "priority": 1},
+]
+
+
+def _resolve(node: Any, defs: dict[str, Schema]) -> Any:
+    """Inline $refs recursively."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            name = node["$ref"].split("/")[-1]
+            merged = copy.deepcopy(defs[name])
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            merged.update(extra)
+            return _resolve(merged, defs)
+        return {k: _resolve(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, defs) for v in node]
+    return node
+
+
+def _structural(node: Schema) -> Schema:
+    """Turn a (resolved) pydantic JSON schema node into a structural Kubernetes OpenAPI v3 schema node."""
+    node = dict(node)
+    node.pop("title", None)
+    any_of = node.pop("anyOf", None)
+    if any_of is not None:
+        non_null = [s for s in any_of if s.get("type") != "null"]
+        if len(non_null) != 1:
+            raise ValueError(f"unsupported union in schema: {any_of}")
+        inner = _structural(non_null[0])
+        for key in ("description", "default"):
+            if key in node and node[key] is not None:
+                inner[key] = node[key]
+        return inner
+    if node.get("default", "missing") is None:
+        node.pop("default")
+    kind = node.get("type")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if kind == "object":
+        props = node.get("properties")
+        if props is not None:
+            node["properties"] = {k: _structural(v) for k, v in props.items()}
+            node.pop("additionalProperties", None)
+        else:
+            extra = node.get("additionalProperties")
+            if isinstance(extra, dict) and extra:
+                node["additionalProperties"] = _structural(extra)
+            else:
+                node.pop("additionalProperties", None)
+                node["x-kubernetes-preserve-unknown-fields"] = True
+    elif kind == "array":
+        node["items"] = _structural(node.get("items", {}))
+    if "maxLength" in node and kind != "string":
+        node.pop("maxLength")
+    return node
+
+
+def _defaults_for_nested_objects(node: Schema, model_defaults: dict[str, Any]) -> None:
+    """Give defaulted nested objects `default: {}` so the API server fills their fields' defaults too."""
+    for name, prop in node.get("properties", {}).items():
+        if prop.get("type") == "object" and "properties" in prop:
+            if name in model_defaults and "default" not in prop:
+                prop["default"] = {}
+            _defaults_for_nested_objects(prop, {k: True for k in prop.get("properties", {})})
+
+
+def _attach(schema: Schema, path: str, rules: list[dict[str, str]]) -> None:
+    parts = path.split(".")
+    node = schema
+    for part in parts:
+        node = node["properties"][part]
+    node["x-kubernetes-validations"] = rules
+
+
+def _pydantic_schema(model: type[Any]) -> Schema:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    return _structural(_resolve(raw, defs))
+
+
+def spec_schema() -> Schema:
+    schema = _pydantic_schema(KimiDeploymentSpec)
+    defaulted = {k: True for k in schema.get("properties", {})}
+    _defaults_for_nested_objects(schema, defaulted)
+    schema["properties"]["topology"]["properties"]["accelerator"]["enum"] = sorted(catalog.ACCELERATORS)
+    wrapper: Schema = {"properties": {"spec": schema}}
+    for path, rules in CEL_RULES.items():
+        _attach(wrapper, path, rules)
+    return schema
+
+
+def status_schema() -> Schema:
+    schema = _pydantic_schema(KimiDeploymentStatus)
+    # Filled by the autoscaler; kept open so new fields never fail a status patch on an older CRD.
+    schema["properties"]["autoscaler"] = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"queueDepth": {"type": "integer"}},
+    }
+    conditions = schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    return schema
+
+
+def build_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "kimi-operator",
+                "app.kubernetes.io/part-of": "kimi-operator",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["all", "kimi"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "KimiDeployment serves a Kimi checkpoint with SGLang.",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": {**spec_schema(), "default": {}},
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `make crds` from operator/kimi_operator/api/models.py. Do not edit by hand.\n"
+FILENAME = f"{GROUP}_{PLURAL}.yaml"
+
+
+def render_crd_yaml() -> str:
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", metavar="DIR", help="write the CRD into DIR instead of stdout")
+    args = parser.parse_args(argv)
+    text = render_crd_yaml()
+    if args.write:
+        out = Path(args.write) / FILENAME
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

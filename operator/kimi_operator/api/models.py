@@ -1,0 +1,367 @@
+"""The KimiDeployment API: pydantic models are the single source of truth.
+
+The CRD schema (crds/), its defaults and the operator's parsing of a body all come from these classes.
+Conventions: camelCase on the wire, no floats in spec, durations as ``...Seconds``, references as ``...Ref``.
+Defaults live here and nowhere else; catalog-derived values (weights size, context length) are filled in by the
+planner and reported in status, never written back into the user's spec.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kimi-operator.dev"
+VERSION = "v1alpha1"
+KIND = "KimiDeployment"
+PLURAL = "kimideployments"
+SINGULAR = "kimideployment"
+SHORT_NAMES = ["kd", "kimi"]
+
+# Flags the operator renders itself from the plan. extraArgs must not set them: the operator would either be
+# overridden silently or produce a command line that SGLang rejects. Aliases are listed with their canonical name.
+OWNED_FLAGS: tuple[str, ...] = (
+    "--model-path",
+    "--model",
+    "--served-model-name",
+    "--tp",
+    "--tp-size",
+    "--tensor-parallel-size",
+    "--ep",
+    "--ep-size",
+    "--expert-parallel-size",
+    "--dp",
+    "--dp-size",
+    "--data-parallel-size",
+    "--enable-dp-attention",
+    "--enable-ep-moe",
+    "--host",
+    "--port",
+    "--dist-init-addr",
+    "--nnodes",
+    "--node-rank",
+    "--trust-remote-code",
+    "--tool-call-parser",
+    "--reasoning-parser",
+    "--enable-metrics",
+    "--context-length",
+    "--mem-fraction-static",
+    "--kv-cache-dtype",
+    "--model-loader-extra-config",
+    "--speculative-algorithm",
+    "--speculative-draft-model-path",
+    "--speculative-num-steps",
+    "--speculative-eagle-topk",
+    "--speculative-num-draft-tokens",
+)
+
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_HF_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+Quantity = Annotated[str, Field(pattern=_QUANTITY, max_length=32)]
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase aliases, unknown fields refused (the CRD is structural, so typos never pass silently)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears in Kubernetes: camelCase, unset optionals left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the KimiDeployment's namespace."""
+
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+    key: str = Field(default="token", min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class ModelSpec(ApiModel):
+    """Which checkpoint to serve."""
+
+    repo: str = Field(
+        default="moonshotai/Kimi-K2.5",
+        pattern=_HF_REPO,
+        max_length=200,
+        description="Hugging Face repo id (owner/name). Must be a checkpoint in the operator's catalog.",
+    )
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Branch, tag or commit to serve. Pin a commit in production.",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Name clients pass as `model`. Default: the catalog's name for the repo (e.g. kimi-k2.5).",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Hugging Face token for gated repos; never copied into args, logs or status.",
+    )
+
+
+class WeightsSpec(ApiModel):
+    """The cache volume that holds the checkpoint. Downloaded once, mounted read-only by the serving pods."""
+
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="StorageClass of the weights PVC. Default: the cluster default.",
+    )
+    size: Quantity | None = Field(
+        default=None,
+        description="PVC size. Default: the checkpoint's size from the catalog plus 15% headroom.",
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = Field(
+        default="ReadWriteMany",
+        description="ReadWriteMany lets every replica (on different nodes) mount one copy.",
+    )
+    existing_claim_name: str | None = Field(
+        default=None,
+        pattern=_DNS_SUBDOMAIN,
+        max_length=253,
+        description="Use this PVC instead of creating one. The operator never deletes it.",
+    )
+    retain_on_delete: bool = Field(
+        default=True,
+        description="Keep the weights PVC (and ~600 GB of data) when the KimiDeployment is deleted.",
+    )
+
+
+class NetworkSpec(ApiModel):
+    """Pod networking for the engine."""
+
+    host_network: bool = Field(default=False, description="Run engine pods in the host network namespace.")
+    rdma_resource: str = Field(
+        default="",
+        max_length=253,
+        description="Extended resource name of an RDMA device (e.g. rdma/ib) requested once per pod.",
+    )
+    shm_size: Quantity = Field(default="64Gi", description="Size of the in-memory /dev/shm volume.")
+
+
+class Toleration(ApiModel):
+    """A core/v1 Toleration."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class TopologySpec(ApiModel):
+    """Where replicas run and how big one replica is."""
+
+    accelerator: str = Field(
+        default="H200",
+        max_length=32,
+        description="Catalog key of the GPU (H100, H200, H20, B200, B300, MI300X, MI325X); sets memory per GPU.",
+    )
+    gpus_per_node: int = Field(default=8, ge=1, le=16, description="GPUs per node; one pod uses all of them.")
+    nodes_per_replica: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Nodes per replica. 0 lets the planner choose the smallest that fits.",
+    )
+    gpu_resource_name: str = Field(
+        default="",
+        max_length=253,
+        description="Extended resource of the GPU. Default: from the accelerator (nvidia.com/gpu, amd.com/gpu).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra node labels to select. The accelerator's product label is added unless set here.",
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="A core/v1 Affinity, passed through unchanged to the engine pods."
+    )
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    scheduler_name: str | None = Field(default=None, max_length=253)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+
+
+class SpeculativeSpec(ApiModel):
+    """EAGLE3 speculative decoding with a separate draft model (K2.5 has no MTP head)."""
+
+    draft_repo: str = Field(pattern=_HF_REPO, max_length=200, description="Draft model repo.")
+    num_steps: int = Field(default=3, ge=1, le=16)
+    topk: int = Field(default=1, ge=1, le=16)
+    num_draft_tokens: int = Field(default=4, ge=1, le=64)
+
+
+class EnvVar(ApiModel):
+    """A plain environment variable for the engine container."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=253)
+    value: str = Field(default="", max_length=4096)
+
+
+class EngineSpec(ApiModel):
+    """SGLang settings. Unset values are chosen by the planner."""
+
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="SGLang image. Default: pinned per checkpoint in the catalog.",
+    )
+    context_length: int | None = Field(
+        default=None, ge=1024, le=1048576, description="Max tokens per sequence. Default: the checkpoint's."
+    )
+    mem_fraction_static_percent: int | None = Field(
+        default=None,
+        ge=50,
+        le=95,
+        description="Percent of GPU memory for weights + KV cache (SGLang --mem-fraction-static). Default 85.",
+    )
+    kv_cache_dtype: Literal["auto", "fp8_e4m3", "fp8_e5m2", "bf16"] = Field(
+        default="auto", description="KV cache element type; fp8 halves KV memory."
+    )
+    data_parallel_attention: bool = Field(
+        default=False,
+        description="DP attention: each rank keeps its own KV cache (higher throughput under many requests).",
+    )
+    expert_parallel: bool = Field(default=False, description="Shard experts across GPUs (--ep-size = TP).")
+    speculative: SpeculativeSpec | None = None
+    extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra SGLang flags. Flags the operator sets from the plan are refused.",
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description="Extra requests/limits for the engine container (a core/v1 ResourceRequirements); GPUs are "
+        "always set by the operator.",
+    )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            flag = arg.split("=", 1)[0].split(" ", 1)[0]
+            if flag == "--enable-ep-moe":
+                raise ValueError("--enable-ep-moe was removed from SGLang; set engine.expertParallel: true")
+            if flag in OWNED_FLAGS:
+                raise ValueError(
+                    f"{flag} is set by the operator from the plan; use the matching spec field "
+                    "(model, topology or engine) instead"
+                )
+        return value
+
+
+class ServiceSpec(ApiModel):
+    """The OpenAI-compatible Service in front of the replicas."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(default=8000, ge=1, le=65535)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class RolloutSpec(ApiModel):
+    """How spec changes roll out. The default never needs a spare 8-GPU node."""
+
+    max_surge: int = Field(default=0, ge=0, le=16, description="Extra replicas started during a rollout.")
+    max_unavailable: int = Field(
+        default=1, ge=0, le=16, description="Replicas that may be down during a rollout."
+    )
+
+
+class KimiDeploymentSpec(ApiModel):
+    """Desired state of a KimiDeployment."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    weights: WeightsSpec = Field(default_factory=WeightsSpec)
+    topology: TopologySpec = Field(default_factory=TopologySpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    replicas: int = Field(default=1, ge=0, le=64)
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+
+# ----------------------------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    """metav1.Condition."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class ModelStatus(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    repo: str | None = None
+    served_model_name: str | None = None
+    resolved_revision: str | None = None
+
+
+class WeightsStatus(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    claim_name: str | None = None
+    path: str | None = None
+    progress: str | None = None
+    bytes_total: int | None = None
+    bytes_done: int | None = None
+    files_total: int | None = None
+    files_done: int | None = None
+    completed_at: str | None = None
+    completed_key: str | None = None
+
+
+class PlanStatus(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    summary: str | None = None
+    nodes_per_replica: int | None = None
+    gpus_per_replica: int | None = None
+    tp: int | None = None
+    ep: int | None = None
+    dp: int | None = None
+    context_length: int | None = None
+    kv_cache_tokens: int | None = None
+    max_full_context_sequences: int | None = None
+    weights_gi_b_per_gpu: str | None = Field(default=None, alias="weightsGiBPerGpu")
+    startup_budget_seconds: int | None = None
+
+
+class KimiDeploymentStatus(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    updated_replicas: int | None = None
+    desired_replicas: int | None = None
+    ready: str | None = Field(default=None, description="READY column, e.g. 1/2.")
+    selector: str | None = None
+    endpoint: str | None = None
+    model: ModelStatus | None = None
+    weights: WeightsStatus | None = None
+    plan: PlanStatus | None = None

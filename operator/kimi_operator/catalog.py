@@ -1,0 +1,190 @@
+"""Known checkpoints and accelerators: the numbers the planner needs, each with its source.
+
+Sources are abbreviated; the full list is in shared/reference/sglang-kimi.md and docs/planner.md.
+A number marked "estimate" was derived, not read off a model card or a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GB = 1000**3
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class EngineQuirk:
+    """A known engine limitation for a checkpoint, with where it was reported."""
+
+    text: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    repo: str
+    served_name: str
+    weights_bytes: int
+    shards: int
+    num_layers: int
+    num_attention_heads: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    routed_experts: int
+    max_context: int
+    engine_image: str
+    quantization: str
+    vision: bool
+    sources: tuple[str, ...]
+    deepep_supported: bool = True
+    pipeline_parallel_supported: bool = True
+    quirks: tuple[EngineQuirk, ...] = field(default_factory=tuple)
+
+    def kv_bytes_per_token(self, bytes_per_element: int) -> int:
+        """MLA caches one compressed latent (kv_lora_rank) plus the rope key per layer per token."""
+        return (self.kv_lora_rank + self.qk_rope_head_dim) * self.num_layers * bytes_per_element
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    key: str
+    vendor: str  # nvidia | amd
+    memory_mib: int
+    product_label: (
+        str  # value of the node label nvidia.com/gpu.product (GPU feature discovery) or amd.com/gpu
+    )
+    resource_name: str
+    source: str
+    max_attention_tp: int | None = None  # heads-per-GPU constraint of the attention kernel, if any
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mib * MIB
+
+
+# The SGLang release whose parser the contract test pins (hack/contract-requirements.txt) and whose image the
+# operator runs by default. Keep the two in step.
+SGLANG_VERSION = "0.5.23"
+SGLANG_IMAGE = f"lmsysorg/sglang:v{SGLANG_VERSION}"
+
+_K2_ARCH = {
+    "num_layers": 61,
+    "num_attention_heads": 64,
+    "kv_lora_rank": 512,
+    "qk_rope_head_dim": 64,
+    "routed_experts": 384,
+}
+
+_NO_DEEPEP = EngineQuirk(
+    "INT4 (W4A16 compressed-tensors, Marlin MoE) experts have no working DeepEP path in SGLang: use plain "
+    "expert parallelism (--ep-size), not --moe-a2a-backend deepep",
+    "sgl-project/sglang issue #22692, PR #23292, PR #13725",
+)
+_NO_PP = EngineQuirk(
+    "pipeline parallelism (--pp-size) is reported incompatible with this checkpoint",
+    "sgl-project/sglang PR #18925",
+)
+
+CHECKPOINTS: dict[str, Checkpoint] = {
+    "moonshotai/Kimi-K2.5": Checkpoint(
+        repo="moonshotai/Kimi-K2.5",
+        served_name="kimi-k2.5",
+        weights_bytes=595 * GB,
+        shards=64,
+        max_context=262144,
+        engine_image=SGLANG_IMAGE,
+        quantization="int4 experts (compressed-tensors W4A16), bf16 attention",
+        vision=True,
+        deepep_supported=False,
+        pipeline_parallel_supported=False,
+        quirks=(_NO_DEEPEP, _NO_PP),
+        sources=(
+            "HF moonshotai/Kimi-K2.5 config.json (text_config: kimi_k2 / DeepseekV3 arch) and deploy_guidance.md",
+            "sgl-cookbook Kimi-K2.5.md: 8xH200 TP8; ~595 GB in 64 safetensors shards",
+        ),
+        **_K2_ARCH,
+    ),
+    "moonshotai/Kimi-K2-Thinking": Checkpoint(
+        repo="moonshotai/Kimi-K2-Thinking",
+        served_name="kimi-k2-thinking",
+        weights_bytes=594 * GB,
+        shards=62,
+        max_context=262144,
+        engine_image=SGLANG_IMAGE,
+        quantization="int4 experts (compressed-tensors W4A16), bf16 attention",
+        vision=False,
+        deepep_supported=False,
+        pipeline_parallel_supported=True,
+        quirks=(_NO_DEEPEP,),
+        sources=(
+            "HF moonshotai/Kimi-K2-Thinking model card: native INT4 QAT, 256K context",
+            "estimate: size and shard count as K2.5 less the vision tower",
+        ),
+        **_K2_ARCH,
+    ),
+    "moonshotai/Kimi-K2-Instruct": Checkpoint(
+        repo="moonshotai/Kimi-K2-Instruct",
+        served_name="kimi-k2-instruct",
+        weights_bytes=1029 * GB,
+        shards=61,
+        max_context=131072,
+        engine_image=SGLANG_IMAGE,
+        quantization="fp8 block-quantized",
+        vision=False,
+        sources=(
+            "MoonshotAI/Kimi-K2 docs/deploy_guidance.md: FP8 weights, 128K context, 16 x H200/H20 minimum",
+            "estimate: 1.04e12 parameters at 1 byte (FP8) less embeddings kept in bf16",
+        ),
+        **_K2_ARCH,
+    ),
+}
+
+ACCELERATORS: dict[str, Accelerator] = {
+    "H100": Accelerator(
+        "H100",
+        "nvidia",
+        81559,
+        "NVIDIA-H100-80GB-HBM3",
+        "nvidia.com/gpu",
+        "nvidia-smi total on H100 SXM 80GB",
+    ),
+    "H200": Accelerator(
+        "H200", "nvidia", 143771, "NVIDIA-H200", "nvidia.com/gpu", "nvidia-smi total on H200 SXM"
+    ),
+    "H20": Accelerator(
+        "H20", "nvidia", 97871, "NVIDIA-H20", "nvidia.com/gpu", "nvidia-smi total on H20 96GB"
+    ),
+    "B200": Accelerator(
+        "B200", "nvidia", 183359, "NVIDIA-B200", "nvidia.com/gpu", "nvidia-smi total on B200"
+    ),
+    "B300": Accelerator(
+        "B300", "nvidia", 274658, "NVIDIA-B300", "nvidia.com/gpu", "estimate: vendor spec 288 GB HBM3e"
+    ),
+    "MI300X": Accelerator(
+        "MI300X",
+        "amd",
+        196608,
+        "MI300X",
+        "amd.com/gpu",
+        "vendor spec 192 GB HBM3; AITER MLA needs 16 heads per GPU (sglang kimi_k2_5 docs)",
+        max_attention_tp=4,
+    ),
+    "MI325X": Accelerator(
+        "MI325X",
+        "amd",
+        262144,
+        "MI325X",
+        "amd.com/gpu",
+        "vendor spec 256 GB HBM3e; AITER MLA needs 16 heads per GPU (sglang kimi_k2_5 docs)",
+        max_attention_tp=4,
+    ),
+}
+
+
+def checkpoint(repo: str) -> Checkpoint | None:
+    """Look up a checkpoint by repo id (case-insensitive, as the Hub treats them)."""
+    for key, value in CHECKPOINTS.items():
+        if key.lower() == repo.lower():
+            return value
+    return None

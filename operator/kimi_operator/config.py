@@ -1,0 +1,30 @@
+"""Operator settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kimi_operator import __version__
+
+DEFAULT_OPERATOR_IMAGE = f"ghcr.io/kimi-operator/kimi-operator:{__version__}"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    operator_image: str = DEFAULT_OPERATOR_IMAGE
+    resync_seconds: int = 60
+    workers: int = 4
+    metrics_port: int = 8080
+    cluster_domain: str = "cluster.local"
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        env = os.environ
+        return cls(
+            operator_image=env.get("KIMI_OPERATOR_IMAGE", DEFAULT_OPERATOR_IMAGE),
+            resync_seconds=int(env.get("KIMI_RESYNC_SECONDS", "60")),
+            workers=int(env.get("KIMI_WORKERS", "4")),
+            metrics_port=int(env.get("KIMI_METRICS_PORT", "8080")),
+            cluster_domain=env.get("KIMI_CLUSTER_DOMAIN", "cluster.local"),
+        )

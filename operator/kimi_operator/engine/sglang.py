@@ -1,0 +1,149 @@
+"""SGLang: Plan -> command line, environment, ports and probes. Pure.
+
+Every command line rendered here is parsed in the contract tests by the pinned sglang's own
+`prepare_server_args` (tests/contract/). Facts and their sources: shared/reference/sglang-kimi.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.planner import Plan
+
+HTTP_PORT = 8000
+DIST_INIT_PORT = 20000
+MODELS_MOUNT = "/models"
+# SGLang's /health runs a one-token generation with an internal 20 s timeout (SGLANG_HEALTH_CHECK_TIMEOUT):
+# a probe timeout must exceed it or a busy but healthy server is marked down.
+HEALTH_TIMEOUT_SECONDS = 30
+PROBE_PERIOD_SECONDS = 10
+# Thinking-mode answers can run for many minutes; SGLang drains in-flight requests on SIGTERM.
+TERMINATION_GRACE_SECONDS = 1800
+PRESTOP_SLEEP_SECONDS = 15
+LOADER_THREADS = 64
+
+
+def snapshot_path(repo: str, revision: str) -> str:
+    """Where a checkpoint lives on the weights volume: keyed by repo and revision, so several share one volume."""
+    return f"{MODELS_MOUNT}/{repo}/{revision}"
+
+
+def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = False) -> list[str]:
+    """The `python3 -m sglang.launch_server` arguments for one replica (the leader's, when multi-node)."""
+    args = [
+        "--model-path",
+        snapshot_path(plan.repo, plan.revision),
+        "--served-model-name",
+        plan.served_model_name,
+        "--tp",
+        str(plan.tp),
+    ]
+    if plan.ep > 1:
+        args += ["--ep-size", str(plan.ep)]
+    if plan.data_parallel_attention:
+        args += ["--dp", str(plan.dp), "--enable-dp-attention"]
+    args += [
+        "--trust-remote-code",
+        "--tool-call-parser",
+        "kimi_k2",
+        "--reasoning-parser",
+        "kimi_k2",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(HTTP_PORT),
+        "--enable-metrics",
+        "--context-length",
+        str(plan.context_length),
+        "--mem-fraction-static",
+        f"{plan.mem_fraction_static_percent / 100:.2f}",
+        "--model-loader-extra-config",
+        json.dumps({"enable_multithread_load": True, "num_threads": LOADER_THREADS}, separators=(",", ":")),
+    ]
+    if plan.data_parallel_attention:
+        # Only TP rank 0 reports metrics by default; the autoscaler sums queue depth over every DP rank.
+        args.append("--enable-metrics-for-all-schedulers")
+    if plan.kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", plan.kv_cache_dtype]
+    spec_dec = spec.engine.speculative
+    if spec_dec is not None:
+        args += [
+            "--speculative-algorithm",
+            "EAGLE3",
+            "--speculative-draft-model-path",
+            snapshot_path(spec_dec.draft_repo, "main"),
+            "--speculative-num-steps",
+            str(spec_dec.num_steps),
+            "--speculative-eagle-topk",
+            str(spec_dec.topk),
+            "--speculative-num-draft-tokens",
+            str(spec_dec.num_draft_tokens),
+        ]
+    if multi_node:
+        args += [
+            "--dist-init-addr",
+            f"$(LWS_LEADER_ADDRESS):{DIST_INIT_PORT}",
+            "--nnodes",
+            "$(LWS_GROUP_SIZE)",
+            "--node-rank",
+            "$(LWS_WORKER_INDEX)",
+        ]
+    return args + list(spec.engine.extra_args)
+
+
+def command(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = False) -> list[str]:
+    return ["python3", "-m", "sglang.launch_server", *server_args(plan, spec, multi_node=multi_node)]
+
+
+def env(plan: Plan, spec: KimiDeploymentSpec) -> list[dict[str, Any]]:
+    """Engine environment: offline hub, writable module cache for trust-remote-code, then the user's."""
+    out: list[dict[str, Any]] = [
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HF_HOME", "value": "/tmp/hf-home"},
+        {"name": "HF_MODULES_CACHE", "value": "/tmp/hf-modules"},
+        {"name": "SGLANG_HEALTH_CHECK_TIMEOUT", "value": "20"},
+    ]
+    if spec.engine.speculative is not None:
+        out.append({"name": "SGLANG_ENABLE_SPEC_V2", "value": "1"})
+    if plan.vendor == "amd":
+        out.append({"name": "SGLANG_USE_AITER", "value": "1"})
+    owned = {e["name"] for e in out}
+    out += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in owned]
+    return out
+
+
+def _http_get(path: str) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}}
+
+
+def probes(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Startup probe sized to the checkpoint's load time; readiness/liveness above SGLang's 20 s health timeout."""
+    return {
+        "startupProbe": {
+            **_http_get("/health"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
+            "failureThreshold": math.ceil(plan.startup_budget_seconds / PROBE_PERIOD_SECONDS),
+        },
+        "readinessProbe": {
+            **_http_get("/health"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
+            "failureThreshold": 3,
+            "successThreshold": 1,
+        },
+        "livenessProbe": {
+            **_http_get("/health"),
+            "periodSeconds": 30,
+            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
+            "failureThreshold": 10,
+        },
+    }
+
+
+def lifecycle() -> dict[str, Any]:
+    """preStop: keep serving while endpoints propagate, then SIGTERM lets SGLang drain in-flight requests."""
+    return {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}}

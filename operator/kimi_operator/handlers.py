@@ -1,0 +1,67 @@
+"""Thin kopf handlers: every event only enqueues the owning KimiDeployment; controller.py does the work.
+
+No handler here is change-detecting (on.create/update/delete), so kopf keeps no progress annotations and adds no
+finalizer: deleting a KimiDeployment never waits on the operator, and an idle KimiDeployment costs no writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from kimi_operator import render
+from kimi_operator.api.models import GROUP, PLURAL, VERSION
+from kimi_operator.config import OperatorConfig
+from kimi_operator.controller import WorkQueue
+from kimi_operator.kube import Kube, load_client
+
+MANAGED = {render.MANAGED_BY_LABEL: render.MANAGED_BY}
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    settings.posting.enabled = False  # our Events are written by kube.py, one per condition transition
+    settings.watching.server_timeout = 300
+    if config.metrics_port:
+        start_http_server(config.metrics_port)
+    queue = WorkQueue(Kube(load_client()), config)
+    queue.start()
+    memo["queue"] = queue
+    logger.info("kimi-operator started: %s workers, resync every %ss", config.workers, config.resync_seconds)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    queue: WorkQueue | None = memo.get("queue")
+    if queue is not None:
+        await queue.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def kimideployment_event(type: str | None, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    queue: WorkQueue = memo["queue"]
+    if type == "DELETED":
+        queue.forget((namespace, name))
+    else:
+        queue.enqueue((namespace, name))
+
+
+def _owner(labels: kopf.Labels, namespace: str, memo: kopf.Memo) -> None:
+    owner = labels.get(render.INSTANCE_LABEL)
+    if owner:
+        queue: WorkQueue = memo["queue"]
+        queue.enqueue((namespace, owner))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, render.COMPONENT_LABEL: "server"})
+def child_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    _owner(labels, namespace, memo)

@@ -1,0 +1,403 @@
+"""Desired vs observed -> actions and status. Pure: no API calls here (kube.py makes them; controller.py glues).
+
+One function, `decide`, is called for every trigger (create, update, resume, child change, periodic resync):
+the operator is level-based. A reconcile that finds nothing to change returns no applies, no deletes, no status
+and no events, so an idle KimiDeployment costs zero API writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kimi_operator import render
+from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.config import OperatorConfig
+from kimi_operator.engine import sglang
+from kimi_operator.planner import Plan, PlanError, plan
+
+Manifest = dict[str, Any]
+ChildKey = tuple[str, str]  # (kind, name)
+
+# Reasons that are worth a Warning event (something a person must act on, or wait for with concern).
+WARNING_REASONS = frozenset(
+    {
+        "InvalidSpec",
+        "UnknownCheckpoint",
+        "UnknownAccelerator",
+        "ContextTooLong",
+        "DoesNotFit",
+        "FetchFailed",
+        "Unschedulable",
+        "MultiNodeNotSupported",
+    }
+)
+CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Actions:
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[ChildKey] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)
+    explanation: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return len(self.apply) + len(self.delete) + (self.status is not None) + len(self.events)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the API server holds for one KimiDeployment: its body, its children, its serving pods."""
+
+    body: dict[str, Any]
+    children: dict[ChildKey, Manifest]
+    pods: list[Manifest] = field(default_factory=list)
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """True when every field we set is present with the same value (the server may add defaults)."""
+    if isinstance(desired, dict):
+        if not isinstance(observed, dict):
+            return False
+        return all(k in observed and is_subset(v, observed[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(observed, list) or len(desired) != len(observed):
+            return False
+        return all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+    if isinstance(desired, bool) or isinstance(observed, bool):
+        return desired is observed
+    if isinstance(desired, int | float) and isinstance(observed, int | float):
+        return desired == observed
+    return str(desired) == str(observed)
+
+
+def _key(m: Manifest) -> ChildKey:
+    return (m["kind"], m["metadata"]["name"])
+
+
+def _condition(ctype: str, ok: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = "spec." + ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    ready: bool
+    reason: str
+    message: str
+    progress: str
+
+
+def _job_state(job: Manifest | None) -> tuple[str, str]:
+    """('succeeded'|'failed'|'running'|'absent', message)."""
+    if job is None:
+        return "absent", ""
+    st = job.get("status") or {}
+    for cond in st.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded", ""
+        if cond.get("type") == "Failed":
+            return "failed", f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
+    if (st.get("succeeded") or 0) >= 1:
+        return "succeeded", ""
+    return "running", ""
+
+
+def _weights(old_weights: dict[str, Any], job: Manifest | None, key: str, claim: str) -> _Weights:
+    remembered = old_weights.get("completedKey") == key and old_weights.get("claimName") == claim
+    job_key = ((job or {}).get("metadata", {}).get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
+    state, msg = _job_state(job) if job_key in (None, key) else ("absent", "")
+    if remembered or state == "succeeded":
+        return _Weights(True, "Downloaded", f"{key} is complete on volume {claim}", "100%")
+    if state == "failed":
+        return _Weights(
+            False, "FetchFailed", f"downloading {key} failed: {msg}; delete the Job to retry", "Failed"
+        )
+    return _Weights(False, "Downloading", f"downloading {key} into volume {claim}", "Downloading")
+
+
+def _unschedulable(pods: list[Manifest]) -> str | None:
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return str(cond.get("message", "no node fits the pod"))
+    return None
+
+
+def _plan_status(p: Plan) -> dict[str, Any]:
+    return {
+        "summary": p.summary,
+        "nodesPerReplica": p.nodes_per_replica,
+        "gpusPerReplica": p.gpus_per_replica,
+        "tp": p.tp,
+        "ep": p.ep,
+        "dp": p.dp,
+        "contextLength": p.context_length,
+        "kvCacheTokens": p.kv_cache_tokens,
+        "maxFullContextSequences": p.max_full_context_sequences,
+        "weightsGiBPerGpu": f"{p.weights_bytes_per_gpu / 1024**3:.1f}",
+        "startupBudgetSeconds": p.startup_budget_seconds,
+    }
+
+
+def _merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
+    """Keep lastTransitionTime when a condition's status did not change (metav1.Condition semantics)."""
+    by_type = {c.get("type"): c for c in old}
+    out = []
+    for cond in new:
+        prev = by_type.get(cond["type"])
+        changed = prev is None or prev.get("status") != cond["status"]
+        stamp = now if changed or not prev else prev.get("lastTransitionTime", now)
+        out.append({**cond, "lastTransitionTime": stamp})
+    return out
+
+
+def _events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Event]:
+    by_type = {c.get("type"): c for c in old}
+    events: list[Event] = []
+    seen: set[str] = set()
+    for cond in reversed(new):  # Ready last in the list, first here: its message wins for a shared reason
+        if cond["reason"] in seen:
+            continue
+        seen.add(cond["reason"])
+        prev = by_type.get(cond["type"])
+        if prev and prev.get("status") == cond["status"] and prev.get("reason") == cond["reason"]:
+            continue
+        if cond["type"] == "Progressing" and cond["status"] == "False" and cond["reason"] == "Complete":
+            continue
+        kind = "Warning" if cond["reason"] in WARNING_REASONS else "Normal"
+        events.append(Event(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
+    return events[::-1]
+
+
+def _finish(
+    body: dict[str, Any],
+    computed: dict[str, Any],
+    conditions: list[dict[str, Any]],
+    now: str,
+    actions: Actions,
+) -> Actions:
+    old_status = body.get("status") or {}
+    old_conditions = old_status.get("conditions") or []
+    computed["conditions"] = _merge_conditions(old_conditions, conditions, now)
+    computed["observedGeneration"] = body["metadata"].get("generation", 0)
+    if any(old_status.get(k) != v for k, v in computed.items()):
+        actions.status = computed
+        actions.events = _events(old_conditions, computed["conditions"])
+    return actions
+
+
+def _refused(body: dict[str, Any], reason: str, message: str, now: str, generation: int) -> Actions:
+    """A spec the operator cannot serve: say why; create nothing, change nothing already running."""
+    conds = [
+        _condition("Ready", False, reason, message, generation),
+        _condition("Progressing", False, reason, "the spec was not applied", generation),
+    ]
+    old = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+    for ctype in ("WeightsReady", "Available"):
+        if ctype in old:
+            kept = {k: v for k, v in old[ctype].items() if k != "lastTransitionTime"}
+            conds.insert(0, kept)
+    conds.sort(key=lambda c: CONDITION_TYPES.index(c["type"]))
+    actions = Actions(explanation=[f"refused: {reason}: {message}"])
+    return _finish(body, {}, conds, now, actions)
+
+
+def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
+    """Compute the actions that move one KimiDeployment's children and status to the desired state."""
+    body = observed.body
+    meta = body["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 0)
+    try:
+        spec = KimiDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        return _refused(body, "InvalidSpec", _validation_message(err), now, generation)
+    try:
+        p = plan(spec)
+    except PlanError as err:
+        return _refused(body, err.reason, err.message, now, generation)
+    if p.nodes_per_replica > 1:
+        return _refused(
+            body,
+            "MultiNodeNotSupported",
+            f"the plan needs {p.nodes_per_replica} nodes per replica ({p.summary}); multi-node replicas are not "
+            "supported by this operator version yet: use an accelerator whose single node fits (see "
+            "`kimi-operator plan`)",
+            now,
+            generation,
+        )
+
+    owner = render.Owner(name, namespace, meta["uid"])
+    names = render.names(name, spec)
+    key = render.weights_key(p)
+    old_status = body.get("status") or {}
+    job = observed.children.get(("Job", names.job))
+    weights = _weights(old_status.get("weights") or {}, job, key, names.pvc)
+    ctx = render.context(owner, spec, p, config)
+    desired: list[Manifest] = []
+    if not spec.weights.existing_claim_name:
+        desired.append(render.pvc(ctx))
+    if not weights.ready:
+        desired.append(render.fetch_job(ctx))
+    deployment_key = ("Deployment", names.deployment)
+    if weights.ready:
+        desired.append(render.deployment(ctx))
+    desired += render.services(ctx)
+    if spec.replicas > 1:
+        desired.append(render.pdb(ctx))
+
+    actions = Actions()
+    desired_keys = {_key(m) for m in desired}
+    for m in desired:
+        k = _key(m)
+        current = observed.children.get(k)
+        if current is None:
+            actions.apply.append(m)
+            actions.explanation.append(f"create {k[0]}/{k[1]}")
+        elif k[0] == "PersistentVolumeClaim":
+            continue  # a PVC's spec is immutable but for size; never re-apply an existing cache volume
+        elif k[0] == "Job":
+            job_key = (current["metadata"].get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
+            if job_key != key:
+                actions.delete.append(k)  # a Job's template is immutable: replace it for the new snapshot
+                actions.explanation.append(f"replace Job/{k[1]}: {job_key} -> {key}")
+        elif not is_subset(m, current):
+            actions.apply.append(m)
+            actions.explanation.append(f"update {k[0]}/{k[1]} (drifted from the plan)")
+
+    for k in observed.children:
+        if k in desired_keys or k[0] == "PersistentVolumeClaim":
+            continue
+        if k == deployment_key and not weights.ready:
+            continue  # keep serving the previous snapshot while a new revision downloads
+        if k[0] == "Job" and weights.ready and old_status.get("weights", {}).get("completedKey") != key:
+            continue  # delete the finished Job only once its completion is recorded in status
+        actions.delete.append(k)
+        actions.explanation.append(f"delete {k[0]}/{k[1]} (no longer wanted)")
+
+    return _status(body, spec, p, observed, weights, actions, names, now, config)
+
+
+def _status(
+    body: dict[str, Any],
+    spec: KimiDeploymentSpec,
+    p: Plan,
+    observed: Observed,
+    weights: _Weights,
+    actions: Actions,
+    names: render.Names,
+    now: str,
+    config: OperatorConfig,
+) -> Actions:
+    meta = body["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 0)
+    old_weights = (body.get("status") or {}).get("weights") or {}
+    dep = observed.children.get(("Deployment", names.deployment))
+    dep_status = (dep or {}).get("status") or {}
+    desired = spec.replicas
+    current = int(dep_status.get("replicas") or 0)
+    ready = int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    dep_changing = any(_key(m) == ("Deployment", names.deployment) for m in actions.apply)
+    dep_current = dep is not None and (dep_status.get("observedGeneration") or 0) >= (
+        dep["metadata"].get("generation") or 0
+    )
+    rolled_out = (
+        weights.ready
+        and dep_current
+        and not dep_changing
+        and updated == desired
+        and ready == desired
+        and current == desired
+    )
+
+    weights_cond = _condition("WeightsReady", weights.ready, weights.reason, weights.message, generation)
+    if ready > 0:
+        available = _condition(
+            "Available", True, "MinimumReplicasAvailable", f"{ready} replica(s) serve", generation
+        )
+    elif desired == 0:
+        available = _condition("Available", False, "ScaledToZero", "replicas is 0", generation)
+    else:
+        available = _condition("Available", False, "NoReplicaReady", "no replica is serving yet", generation)
+
+    unschedulable = _unschedulable(observed.pods)
+    if not weights.ready:
+        reason, msg = (
+            ("FetchFailed", weights.message)
+            if weights.reason == "FetchFailed"
+            else ("DownloadingWeights", weights.message)
+        )
+    elif rolled_out:
+        reason, msg = (
+            ("Ready", f"{ready}/{desired} replicas ready") if desired else ("ScaledToZero", "replicas is 0")
+        )
+    elif unschedulable:
+        reason, msg = "Unschedulable", f"serving pods cannot be scheduled: {unschedulable}"
+    elif updated < desired or dep_changing or not dep_current:
+        reason, msg = "RollingOut", f"{updated}/{desired} replicas run the current spec, {ready} ready"
+    else:
+        reason, msg = (
+            "Loading",
+            (
+                f"{ready}/{desired} replicas ready; the rest are loading weights (startup budget "
+                f"{p.startup_budget_seconds // 60} min)"
+            ),
+        )
+    done = reason in ("Ready", "ScaledToZero")
+    progressing = _condition(
+        "Progressing", not done and reason != "FetchFailed", "Complete" if done else reason, msg, generation
+    )
+    ready_cond = _condition("Ready", done, reason, msg, generation)
+
+    key = render.weights_key(p)
+    weights_status: dict[str, Any] = {
+        "claimName": names.pvc,
+        "path": sglang.snapshot_path(p.repo, p.revision),
+        "progress": weights.progress,
+    }
+    if weights.ready:
+        known = old_weights.get("completedKey") == key and old_weights.get("completedAt")
+        weights_status["completedAt"] = old_weights["completedAt"] if known else now
+        weights_status["completedKey"] = key
+    computed: dict[str, Any] = {
+        "replicas": current,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "desiredReplicas": desired,
+        "ready": f"{ready}/{desired}",
+        "selector": render.selector_string(name),
+        "endpoint": f"http://{names.service}.{namespace}.svc:{spec.service.port}/v1",
+        "model": {"repo": p.repo, "servedModelName": p.served_model_name, "resolvedRevision": p.revision},
+        "weights": weights_status,
+        "plan": _plan_status(p),
+    }
+    return _finish(body, computed, [weights_cond, available, progressing, ready_cond], now, actions)

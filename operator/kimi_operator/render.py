@@ -1,0 +1,213 @@
+"""Plan -> manifests. Pure: templates in templates/*.yaml.j2 rendered with StrictUndefined into dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import jinja2
+import yaml
+
+from kimi_operator.api.models import GROUP, KIND, VERSION, KimiDeploymentSpec
+from kimi_operator.config import OperatorConfig
+from kimi_operator.engine import sglang
+from kimi_operator.planner import Plan
+
+Manifest = dict[str, Any]
+
+APP_NAME = "kimi"
+MANAGED_BY = "kimi-operator"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+RETAIN_ANNOTATION = "kimi-operator.dev/retain-on-delete"
+WEIGHTS_KEY_ANNOTATION = "kimi-operator.dev/weights-key"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The KimiDeployment that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def ref(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class Names:
+    pvc: str
+    job: str
+    deployment: str
+    service: str
+    headless: str
+    pdb: str
+
+
+def names(owner_name: str, spec: KimiDeploymentSpec) -> Names:
+    return Names(
+        pvc=spec.weights.existing_claim_name or f"{owner_name}-weights",
+        job=f"{owner_name}-fetch",
+        deployment=owner_name,
+        service=owner_name,
+        headless=f"{owner_name}-headless",
+        pdb=owner_name,
+    )
+
+
+def labels(owner_name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        INSTANCE_LABEL: owner_name,
+        COMPONENT_LABEL: component,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        "app.kubernetes.io/part-of": "kimi-operator",
+    }
+
+
+def selector(owner_name: str) -> dict[str, str]:
+    """Labels that select a KimiDeployment's serving pods (the Service's and the scale subresource's)."""
+    return {"app.kubernetes.io/name": APP_NAME, INSTANCE_LABEL: owner_name, COMPONENT_LABEL: "server"}
+
+
+def selector_string(owner_name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(owner_name).items())
+
+
+def children_selector(owner_name: str) -> str:
+    return f"{INSTANCE_LABEL}={owner_name},{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+def weights_key(plan: Plan) -> str:
+    """Identity of a downloaded snapshot: the Job is redone when this changes."""
+    return f"{plan.repo}@{plan.revision}"
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("kimi_operator", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False}
+    return env
+
+
+def _render(template: str, ctx: dict[str, Any]) -> Manifest:
+    text = _env().get_template(template).render(**ctx)
+    out = yaml.safe_load(text)
+    if not isinstance(out, dict):
+        raise ValueError(f"template {template} did not render a mapping")
+    return out
+
+
+def _resources(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, Any]:
+    extra = spec.engine.resources or {}
+    requests = dict(extra.get("requests", {}))
+    limits = dict(extra.get("limits", {}))
+    gpus = str(plan.gpus_per_node)
+    requests[plan.gpu_resource_name] = gpus
+    limits[plan.gpu_resource_name] = gpus
+    rdma = spec.topology.network.rdma_resource
+    if rdma:
+        requests[rdma] = "1"
+        limits[rdma] = "1"
+    return {"requests": requests, "limits": limits}
+
+
+def _node_selector(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, str]:
+    sel = dict(spec.topology.node_selector)
+    key = "nvidia.com/gpu.product" if plan.vendor == "nvidia" else "amd.com/gpu.product-name"
+    if not any(k == key for k in sel):
+        sel[key] = plan.gpu_product_label
+    return sel
+
+
+def context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    n = names(owner.name, spec)
+    return {
+        "namespace": owner.namespace,
+        "names": n,
+        "spec": spec,
+        "plan": plan,
+        "owner_refs": [owner.ref()],
+        "labels": lambda component: labels(owner.name, component),
+        "selector": selector(owner.name),
+        "operator_image": config.operator_image,
+        "models_mount": sglang.MODELS_MOUNT,
+        "http_port": sglang.HTTP_PORT,
+        "weights_key": weights_key(plan),
+        "fetch_command": [
+            "kimi-operator",
+            "fetch",
+            "--repo",
+            plan.repo,
+            "--revision",
+            plan.revision,
+            "--dest",
+            sglang.snapshot_path(plan.repo, plan.revision),
+            *(
+                ["--draft-repo", spec.engine.speculative.draft_repo]
+                if spec.engine.speculative is not None
+                else []
+            ),
+        ],
+        "command": sglang.command(plan, spec),
+        "env": sglang.env(plan, spec),
+        "probes": sglang.probes(plan),
+        "lifecycle": sglang.lifecycle(),
+        "resources": _resources(plan, spec),
+        "node_selector": _node_selector(plan, spec),
+        "tolerations": [t.wire() for t in spec.topology.tolerations],
+        "termination_grace": sglang.TERMINATION_GRACE_SECONDS,
+    }
+
+
+def pvc(ctx: dict[str, Any]) -> Manifest:
+    return _render("pvc.yaml.j2", ctx)
+
+
+def fetch_job(ctx: dict[str, Any]) -> Manifest:
+    return _render("fetch-job.yaml.j2", ctx)
+
+
+def deployment(ctx: dict[str, Any]) -> Manifest:
+    return _render("deployment.yaml.j2", ctx)
+
+
+def services(ctx: dict[str, Any]) -> list[Manifest]:
+    return [_render("service.yaml.j2", ctx), _render("service-headless.yaml.j2", ctx)]
+
+
+def pdb(ctx: dict[str, Any]) -> Manifest:
+    return _render("pdb.yaml.j2", ctx)
+
+
+def render_all(
+    owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig, *, weights_ready: bool
+) -> list[Manifest]:
+    """Every child the operator wants for this spec at this stage (before or after the weights are ready)."""
+    ctx = context(owner, spec, plan, config)
+    out: list[Manifest] = []
+    if not spec.weights.existing_claim_name:
+        out.append(pvc(ctx))
+    if not weights_ready:
+        out.append(fetch_job(ctx))
+    else:
+        out.append(deployment(ctx))
+    out += services(ctx)
+    if spec.replicas > 1:
+        out.append(pdb(ctx))
+    return out

@@ -1,0 +1,82 @@
+"""SGLang command lines, environment and probes from the plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kimi_operator import planner
+from kimi_operator.api.models import OWNED_FLAGS, KimiDeploymentSpec
+from kimi_operator.engine import sglang
+
+
+def _args(**spec: Any) -> list[str]:
+    s = KimiDeploymentSpec.model_validate(spec)
+    return sglang.server_args(planner.plan(s), s)
+
+
+def _value(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_tp8_line_has_kimi_parsers_metrics_and_multithreaded_load() -> None:
+    args = _args()
+    assert _value(args, "--tp") == "8"
+    assert _value(args, "--tool-call-parser") == "kimi_k2"
+    assert _value(args, "--reasoning-parser") == "kimi_k2"
+    assert "--trust-remote-code" in args and "--enable-metrics" in args
+    assert _value(args, "--model-path") == "/models/moonshotai/Kimi-K2.5/main"
+    assert '"enable_multithread_load":true' in _value(args, "--model-loader-extra-config")
+    assert "--ep-size" not in args and "--enable-dp-attention" not in args
+
+
+def test_each_owned_flag_appears_at_most_once() -> None:
+    args = _args(engine={"dataParallelAttention": True, "expertParallel": True, "kvCacheDtype": "fp8_e4m3"})
+    for flag in OWNED_FLAGS:
+        assert args.count(flag) <= 1, flag
+
+
+def test_dp_attention_reports_metrics_from_every_scheduler() -> None:
+    args = _args(engine={"dataParallelAttention": True})
+    assert _value(args, "--dp") == "8"
+    assert "--enable-metrics-for-all-schedulers" in args
+
+
+def test_extra_args_come_last_verbatim() -> None:
+    assert _args(engine={"extraArgs": ["--chunked-prefill-size", "8192"]})[-2:] == [
+        "--chunked-prefill-size",
+        "8192",
+    ]
+
+
+def test_eagle3_draft_and_spec_v2_env() -> None:
+    spec = KimiDeploymentSpec.model_validate(
+        {"engine": {"speculative": {"draftRepo": "lightseekorg/kimi-k2.5-eagle3"}}}
+    )
+    p = planner.plan(spec)
+    args = sglang.server_args(p, spec)
+    assert _value(args, "--speculative-algorithm") == "EAGLE3"
+    assert _value(args, "--speculative-draft-model-path") == "/models/lightseekorg/kimi-k2.5-eagle3/main"
+    assert {"name": "SGLANG_ENABLE_SPEC_V2", "value": "1"} in sglang.env(p, spec)
+
+
+def test_probes_outlast_sglang_health_timeout_and_startup_covers_the_load_budget() -> None:
+    p = planner.plan(KimiDeploymentSpec())
+    probes = sglang.probes(p)
+    for probe in probes.values():
+        assert probe["timeoutSeconds"] > 20
+        assert probe["httpGet"]["path"] == "/health"
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= p.startup_budget_seconds
+
+
+def test_user_env_cannot_override_offline_mode() -> None:
+    spec = KimiDeploymentSpec.model_validate(
+        {
+            "engine": {
+                "env": [{"name": "HF_HUB_OFFLINE", "value": "0"}, {"name": "NCCL_DEBUG", "value": "INFO"}]
+            }
+        }
+    )
+    env = sglang.env(planner.plan(spec), spec)
+    assert [e for e in env if e["name"] == "HF_HUB_OFFLINE"] == [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    assert {"name": "NCCL_DEBUG", "value": "INFO"} in env

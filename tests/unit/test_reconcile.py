@@ -1,0 +1,231 @@
+"""The reconcile decision, driven through a KimiDeployment's whole life without an API server.
+
+`Server` below is a dict of objects that plays back what `decide` asked for, adding the fields a real API server
+adds (uid, defaults, status), so each step sees what the next reconcile would read. The cluster tests repeat the
+important paths against a real API server.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kimi_operator import reconcile, render
+from kimi_operator.config import OperatorConfig
+
+CONFIG = OperatorConfig(operator_image="op:test")
+NOW = "2026-11-23T12:00:00Z"
+
+
+class Server:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.body: dict[str, Any] = {
+            "apiVersion": "kimi-operator.dev/v1alpha1",
+            "kind": "KimiDeployment",
+            "metadata": {"name": "kd", "namespace": "ns", "uid": "u-1", "generation": 1},
+            "spec": spec,
+        }
+        self.children: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+
+    def step(self, now: str = NOW) -> reconcile.Actions:
+        actions = reconcile.decide(
+            reconcile.Observed(copy.deepcopy(self.body), copy.deepcopy(self.children), self.pods), CONFIG, now
+        )
+        for key in actions.delete:
+            del self.children[key]
+        for m in actions.apply:
+            obj = copy.deepcopy(m)
+            obj["metadata"]["uid"] = f"uid-{m['metadata']['name']}"
+            obj["metadata"].setdefault("annotations", {})["server/added"] = "x"
+            prev = self.children.get((m["kind"], m["metadata"]["name"]))
+            obj["metadata"]["generation"] = (prev or {}).get("metadata", {}).get("generation", 0) + 1
+            obj["status"] = (prev or {}).get("status", {})
+            self.children[(m["kind"], m["metadata"]["name"])] = obj
+        if actions.status is not None:
+            self.body["status"] = {**self.body.get("status", {}), **actions.status}
+        return actions
+
+    def set_spec(self, **patch: Any) -> None:
+        self.body["spec"] = {**self.body["spec"], **patch}
+        self.body["metadata"]["generation"] += 1
+
+    def job_succeeds(self) -> None:
+        self.children[("Job", "kd-fetch")]["status"] = {
+            "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True"}],
+        }
+
+    def deployment_ready(self, ready: int) -> None:
+        dep = self.children[("Deployment", "kd")]
+        n = dep["spec"]["replicas"]
+        dep["status"] = {
+            "observedGeneration": dep["metadata"]["generation"],
+            "replicas": n,
+            "updatedReplicas": n,
+            "readyReplicas": ready,
+        }
+
+
+def _cond(server: Server, ctype: str) -> dict[str, Any]:
+    return next(c for c in server.body["status"]["conditions"] if c["type"] == ctype)
+
+
+def _kinds(actions: reconcile.Actions) -> list[tuple[str, str]]:
+    return sorted((m["kind"], m["metadata"]["name"]) for m in actions.apply)
+
+
+def test_lifecycle_download_then_serve_then_idle_with_zero_writes() -> None:
+    s = Server({})
+    first = s.step()
+    assert _kinds(first) == [
+        ("Job", "kd-fetch"),
+        ("PersistentVolumeClaim", "kd-weights"),
+        ("Service", "kd"),
+        ("Service", "kd-headless"),
+    ]
+    assert _cond(s, "WeightsReady")["reason"] == "Downloading"
+    assert _cond(s, "Ready") | {"lastTransitionTime": ""} == _cond(s, "Ready") | {"lastTransitionTime": ""}
+    assert _cond(s, "Ready")["reason"] == "DownloadingWeights"
+    assert {e.reason for e in first.events} >= {"Downloading", "DownloadingWeights"}
+
+    assert s.step().writes == 0, "nothing changed: a reconcile must not write"
+
+    s.job_succeeds()
+    serve = s.step()
+    assert _kinds(serve) == [("Deployment", "kd")]
+    assert serve.delete == [], "the Job is removed only after its completion is recorded"
+    assert s.body["status"]["weights"]["completedKey"] == "moonshotai/Kimi-K2.5@main"
+    assert _cond(s, "WeightsReady")["status"] == "True"
+
+    cleanup = s.step()
+    assert cleanup.delete == [("Job", "kd-fetch")]
+    assert cleanup.apply == []
+
+    s.deployment_ready(0)
+    assert s.step().status is not None  # Deployment status now current: RollingOut -> Loading
+    assert _cond(s, "Ready")["reason"] == "Loading"
+    s.deployment_ready(1)
+    s.step()
+    assert _cond(s, "Ready")["status"] == "True"
+    assert _cond(s, "Available")["status"] == "True"
+    assert _cond(s, "Progressing") == _cond(s, "Progressing") | {"status": "False", "reason": "Complete"}
+    assert s.body["status"]["ready"] == "1/1"
+    assert s.body["status"]["endpoint"] == "http://kd.ns.svc:8000/v1"
+
+    for _ in range(3):
+        assert s.step("2026-11-23T13:00:00Z").writes == 0
+
+
+def _serving() -> Server:
+    s = Server({})
+    s.step()
+    s.job_succeeds()
+    s.step()
+    s.step()
+    s.deployment_ready(1)
+    s.step()
+    return s
+
+
+def test_a_child_edited_by_hand_is_restored_and_one_deleted_is_recreated() -> None:
+    s = _serving()
+    s.children[("Deployment", "kd")]["spec"]["replicas"] = 5
+    assert _kinds(s.step()) == [("Deployment", "kd")]
+    assert s.children[("Deployment", "kd")]["spec"]["replicas"] == 1
+    del s.children[("Service", "kd")]
+    assert _kinds(s.step()) == [("Service", "kd")]
+
+
+def test_an_extra_label_added_by_a_user_is_not_drift() -> None:
+    s = _serving()
+    s.children[("Service", "kd")]["metadata"]["labels"]["team"] = "ml"
+    assert s.step().writes == 0
+
+
+def test_scaling_adds_a_pdb_and_removes_it_again() -> None:
+    s = _serving()
+    s.set_spec(replicas=2)
+    assert _kinds(s.step()) == [("Deployment", "kd"), ("PodDisruptionBudget", "kd")]
+    assert _cond(s, "Ready")["status"] == "False"
+    s.set_spec(replicas=1)
+    actions = s.step()
+    assert actions.delete == [("PodDisruptionBudget", "kd")]
+
+
+def test_a_spec_the_planner_refuses_creates_nothing_and_warns() -> None:
+    s = Server({"topology": {"accelerator": "H100", "nodesPerReplica": 1}})
+    actions = s.step()
+    assert actions.apply == [] and actions.delete == []
+    ready = _cond(s, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "DoesNotFit"
+    assert "nodesPerReplica: 2" in ready["message"]
+    assert [e.type for e in actions.events if e.reason == "DoesNotFit"] == ["Warning"]
+    assert s.step().writes == 0
+
+
+def test_a_refused_update_leaves_the_running_replica_alone() -> None:
+    s = _serving()
+    s.set_spec(topology={"accelerator": "H100", "nodesPerReplica": 1})
+    actions = s.step()
+    assert actions.apply == [] and actions.delete == []
+    assert _cond(s, "Ready")["reason"] == "DoesNotFit"
+    assert _cond(s, "WeightsReady")["status"] == "True"
+
+
+def test_a_new_revision_downloads_while_the_old_one_keeps_serving() -> None:
+    s = _serving()
+    s.set_spec(model={"repo": "moonshotai/Kimi-K2.5", "revision": "v2"})
+    actions = s.step()
+    assert ("Deployment", "kd") in s.children and ("Deployment", "kd") not in actions.delete
+    assert _kinds(actions) == [("Job", "kd-fetch")]
+    job = s.children[("Job", "kd-fetch")]
+    assert job["metadata"]["annotations"][render.WEIGHTS_KEY_ANNOTATION] == "moonshotai/Kimi-K2.5@v2"
+    assert _cond(s, "WeightsReady")["reason"] == "Downloading"
+    assert _cond(s, "Available")["status"] == "True"
+
+
+def test_unschedulable_pods_surface_in_ready() -> None:
+    s = _serving()
+    s.set_spec(replicas=2)
+    s.step()
+    s.deployment_ready(1)
+    s.pods = [
+        {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                    }
+                ]
+            }
+        }
+    ]
+    s.step()
+    ready = _cond(s, "Ready")
+    assert ready["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in ready["message"]
+
+
+def test_failed_download_is_reported_with_how_to_retry() -> None:
+    s = Server({})
+    s.step()
+    s.children[("Job", "kd-fetch")]["status"] = {
+        "failed": 7,
+        "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}
+        ],
+    }
+    actions = s.step()
+    assert _cond(s, "Ready")["reason"] == "FetchFailed"
+    assert "delete the Job to retry" in _cond(s, "WeightsReady")["message"]
+    assert any(e.type == "Warning" for e in actions.events)
+
+
+def test_subset_comparison() -> None:
+    assert reconcile.is_subset({"a": 1, "b": [{"c": "x"}]}, {"a": 1, "b": [{"c": "x", "d": 2}], "e": 3})
+    assert not reconcile.is_subset({"a": [1, 2]}, {"a": [1]})
+    assert not reconcile.is_subset({"a": True}, {"a": 1})
+    assert reconcile.is_subset({"a": "8"}, {"a": "8"})
