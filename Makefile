@@ -36,6 +36,10 @@ cluster-down: ## Stop the local control plane started by cluster-up
 crds: venv ## Regenerate crds/ from the pydantic models
 	$(PY) -m kimi_operator.api.crd --write crds/
 
+.PHONY: docs
+docs: venv ## Regenerate docs/api.md from the models
+	$(PY) -m kimi_operator.api.docs > docs/api.md
+
 .PHONY: lint
 lint: venv ## ruff lint and format check
 	.venv/bin/ruff check operator tests hack

@@ -68,13 +68,8 @@ class Accelerator:
 SGLANG_VERSION = "0.5.23"
 SGLANG_IMAGE = f"lmsysorg/sglang:v{SGLANG_VERSION}"
 
-_K2_ARCH = {
-    "num_layers": 61,
-    "num_attention_heads": 64,
-    "kv_lora_rank": 512,
-    "qk_rope_head_dim": 64,
-    "routed_experts": 384,
-}
+# Kimi K2 family text model (DeepseekV3 architecture), from config.json of each checkpoint.
+K2_LAYERS, K2_HEADS, K2_KV_LORA_RANK, K2_ROPE_DIM, K2_EXPERTS = 61, 64, 512, 64, 384
 
 _NO_DEEPEP = EngineQuirk(
     "INT4 (W4A16 compressed-tensors, Marlin MoE) experts have no working DeepEP path in SGLang: use plain "
@@ -103,7 +98,11 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "HF moonshotai/Kimi-K2.5 config.json (text_config: kimi_k2 / DeepseekV3 arch) and deploy_guidance.md",
             "sgl-cookbook Kimi-K2.5.md: 8xH200 TP8; ~595 GB in 64 safetensors shards",
         ),
-        **_K2_ARCH,
+        num_layers=K2_LAYERS,
+        num_attention_heads=K2_HEADS,
+        kv_lora_rank=K2_KV_LORA_RANK,
+        qk_rope_head_dim=K2_ROPE_DIM,
+        routed_experts=K2_EXPERTS,
     ),
     "moonshotai/Kimi-K2-Thinking": Checkpoint(
         repo="moonshotai/Kimi-K2-Thinking",
@@ -121,7 +120,11 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "HF moonshotai/Kimi-K2-Thinking model card: native INT4 QAT, 256K context",
             "estimate: size and shard count as K2.5 less the vision tower",
         ),
-        **_K2_ARCH,
+        num_layers=K2_LAYERS,
+        num_attention_heads=K2_HEADS,
+        kv_lora_rank=K2_KV_LORA_RANK,
+        qk_rope_head_dim=K2_ROPE_DIM,
+        routed_experts=K2_EXPERTS,
     ),
     "moonshotai/Kimi-K2-Instruct": Checkpoint(
         repo="moonshotai/Kimi-K2-Instruct",
@@ -136,7 +139,11 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             "MoonshotAI/Kimi-K2 docs/deploy_guidance.md: FP8 weights, 128K context, 16 x H200/H20 minimum",
             "estimate: 1.04e12 parameters at 1 byte (FP8) less embeddings kept in bf16",
         ),
-        **_K2_ARCH,
+        num_layers=K2_LAYERS,
+        num_attention_heads=K2_HEADS,
+        kv_lora_rank=K2_KV_LORA_RANK,
+        qk_rope_head_dim=K2_ROPE_DIM,
+        routed_experts=K2_EXPERTS,
     ),
 }
 

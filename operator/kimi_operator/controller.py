@@ -96,7 +96,7 @@ class WorkQueue:
                     self.forget(key)
                 self.failures.pop(key, None)
                 metrics.RECONCILES.labels(result="ok").inc()
-            except Exception as err:  # noqa: BLE001 - any failure is retried with backoff, never fatal
+            except Exception as err:
                 count = self.failures.get(key, 0) + 1
                 self.failures[key] = count
                 delay = min(2.0**count, 300.0)

@@ -7,6 +7,7 @@ finalizer: deleting a KimiDeployment never waits on the operator, and an idle Ki
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -22,7 +23,9 @@ MANAGED = {render.MANAGED_BY_LABEL: render.MANAGED_BY}
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def startup(
+    settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
     config = OperatorConfig.from_env()
     settings.posting.enabled = False  # our Events are written by kube.py, one per condition transition
     settings.watching.server_timeout = 300
@@ -35,24 +38,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
 
 
 @kopf.on.cleanup()
-async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+async def cleanup(memo: Any, **_: Any) -> None:
     queue: WorkQueue | None = memo.get("queue")
     if queue is not None:
         await queue.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def kimideployment_event(type: str | None, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def kimideployment_event(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     queue: WorkQueue = memo["queue"]
+    if namespace is None:
+        return
     if type == "DELETED":
         queue.forget((namespace, name))
     else:
         queue.enqueue((namespace, name))
 
 
-def _owner(labels: kopf.Labels, namespace: str, memo: kopf.Memo) -> None:
+def _owner(labels: Mapping[str, str], namespace: str | None, memo: Any) -> None:
     owner = labels.get(render.INSTANCE_LABEL)
-    if owner:
+    if owner and namespace:
         queue: WorkQueue = memo["queue"]
         queue.enqueue((namespace, owner))
 
@@ -63,5 +68,5 @@ def _owner(labels: kopf.Labels, namespace: str, memo: kopf.Memo) -> None:
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels={**MANAGED, render.COMPONENT_LABEL: "server"})
-def child_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def child_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
     _owner(labels, namespace, memo)

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
-import yaml
-from kubernetes.client.rest import ApiException
 
 from kimi_operator import metrics
 from kimi_operator.api.models import GROUP, KIND, PLURAL, VERSION
@@ -60,9 +58,9 @@ class KubeError(Exception):
 def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
     """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(config_file=kubeconfig)
+        kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     return kubernetes.client.ApiClient()
 
 
@@ -81,25 +79,23 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         write = method != "GET"
-        try:
-            resp = self.api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=30,
-            )
-        except ApiException as err:
-            if write:
-                metrics.API_WRITES.labels(verb=method, outcome=str(err.status)).inc()
-            raise KubeError(err.status or 0, err.reason or "", err.body or "") from err
+        serialized = self.api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        resp = self.api.call_api(*serialized, _request_timeout=30)
+        data = resp.read()  # type: ignore[no-untyped-call]
+        ok = 200 <= resp.status < 300
         if write:
-            metrics.API_WRITES.labels(verb=method, outcome="ok").inc()
-        data = resp[0].data if isinstance(resp, tuple) else resp.data
-        return json.loads(data) if data else None
+            metrics.API_WRITES.labels(verb=method, outcome="ok" if ok else str(resp.status)).inc()
+        text = data.decode() if isinstance(data, bytes) else str(data or "")
+        if not ok:
+            raise KubeError(resp.status, resp.reason or "", text)
+        return json.loads(text) if text else None
 
     # ---------------------------------------------------------------------------------------------- reads
     def get(self, rtype: ResourceType, namespace: str, name: str) -> Manifest | None:
@@ -111,7 +107,7 @@ class Kube:
                 return None
             raise
 
-    def list(self, rtype: ResourceType, namespace: str, label_selector: str) -> list[Manifest]:
+    def list_of(self, rtype: ResourceType, namespace: str, label_selector: str) -> list[Manifest]:
         out = self._call("GET", rtype.path(namespace), query=[("labelSelector", label_selector)])
         items: list[Manifest] = out.get("items") or []
         for item in items:
@@ -125,12 +121,12 @@ class Kube:
     def list_children(self, namespace: str, selector: str) -> dict[tuple[str, str], Manifest]:
         children: dict[tuple[str, str], Manifest] = {}
         for kind, rtype in CHILD_TYPES.items():
-            for item in self.list(rtype, namespace, selector):
+            for item in self.list_of(rtype, namespace, selector):
                 children[(kind, item["metadata"]["name"])] = item
         return children
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
-        return self.list(PODS, namespace, selector)
+        return self.list_of(PODS, namespace, selector)
 
     # ---------------------------------------------------------------------------------------------- writes
     def apply(self, manifest: Manifest) -> Manifest:
@@ -139,7 +135,7 @@ class Kube:
         out: Manifest = self._call(
             "PATCH",
             rtype.path(meta["namespace"], meta["name"]),
-            body=yaml.safe_dump(manifest),
+            body=json.dumps(manifest),
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )

@@ -303,7 +303,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         actions.delete.append(k)
         actions.explanation.append(f"delete {k[0]}/{k[1]} (no longer wanted)")
 
-    return _status(body, spec, p, observed, weights, actions, names, now, config)
+    return _status(body, spec, p, observed, weights, actions, names, now)
 
 
 def _status(
@@ -315,7 +315,6 @@ def _status(
     actions: Actions,
     names: render.Names,
     now: str,
-    config: OperatorConfig,
 ) -> Actions:
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 0)

@@ -52,3 +52,10 @@ def test_nested_defaults_reach_the_api_server() -> None:
     assert spec["properties"]["topology"]["properties"]["accelerator"]["default"] == "H200"
     assert "H100" in spec["properties"]["topology"]["properties"]["accelerator"]["enum"]
     assert yaml.safe_dump(spec)
+
+
+def test_committed_api_reference_matches_the_generator() -> None:
+    from kimi_operator.api import docs
+
+    committed = (ROOT / "docs" / "api.md").read_text()
+    assert committed == docs.render(), "docs/api.md drifted from the models: run `make docs` and commit"

@@ -160,7 +160,7 @@ def _defaults_for_nested_objects(node: Schema, model_defaults: dict[str, Any]) -
         if prop.get("type") == "object" and "properties" in prop:
             if name in model_defaults and "default" not in prop:
                 prop["default"] = {}
-            _defaults_for_nested_objects(prop, {k: True for k in prop.get("properties", {})})
+            _defaults_for_nested_objects(prop, dict.fromkeys(prop.get("properties", {}), True))
 
 
 def _attach(schema: Schema, path: str, rules: list[dict[str, str]]) -> None:
@@ -179,7 +179,7 @@ def _pydantic_schema(model: type[Any]) -> Schema:
 
 def spec_schema() -> Schema:
     schema = _pydantic_schema(KimiDeploymentSpec)
-    defaulted = {k: True for k in schema.get("properties", {})}
+    defaulted = dict.fromkeys(schema.get("properties", {}), True)
     _defaults_for_nested_objects(schema, defaulted)
     schema["properties"]["topology"]["properties"]["accelerator"]["enum"] = sorted(catalog.ACCELERATORS)
     wrapper: Schema = {"properties": {"spec": schema}}

@@ -1,0 +1,96 @@
+"""Run the real operator (`kimi-operator run`) as a subprocess against the test cluster."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from kimi_testbed.procs import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log_dir: Path, resync_seconds: int = 3) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_dir / "operator.log"
+        self.resync_seconds = resync_seconds
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        self.metrics_port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KIMI_METRICS_PORT": str(self.metrics_port),
+            "KIMI_RESYNC_SECONDS": str(self.resync_seconds),
+            "KIMI_OPERATOR_IMAGE": "ghcr.io/kimi-operator/kimi-operator:test",
+            "PYTHONPATH": f"{ROOT / 'operator'}",
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kimi_operator.cli",
+                "run",
+                "--liveness",
+                f"http://127.0.0.1:{free_port()}/healthz",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"operator metrics did not come up in 60 s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text: str = resp.read().decode()
+            return text
+
+    def writes(self) -> float:
+        """Total API write calls this operator process has made."""
+        total = 0.0
+        for m in re.finditer(r"^kimi_operator_api_writes_total\{[^}]*\} ([0-9.e+]+)$", self.metrics(), re.M):
+            total += float(m.group(1))
+        return total
+
+    def reconciles(self) -> float:
+        m = re.search(r'^kimi_operator_reconciles_total\{result="ok"\} ([0-9.e+]+)$', self.metrics(), re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies under the operator."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
