@@ -77,6 +77,10 @@ check: lint typecheck test ## Lint, types and all tests
 demo: venv bins ## Local control plane + operator + examples/kimi-k2.5-h200.yaml going Ready
 	bash hack/demo.sh
 
+.PHONY: demo-down
+demo-down: ## Stop what `KEEP=1 make demo` left running
+	bash hack/demo.sh down
+
 .PHONY: bench
 bench: venv bins ## Benchmarks (numbers, not pass/fail)
 	$(PY) hack/bench.py

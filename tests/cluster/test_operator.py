@@ -183,7 +183,7 @@ def test_apply_downloads_then_serves_and_reports_ready(env: Env) -> None:
     dep = env.apps.read_namespaced_deployment("k25", env.ns)
     c = dep.spec.template.spec.containers[0]
     assert c.resources.limits["nvidia.com/gpu"] == "8"
-    assert "--tp" in c.command and c.command[c.command.index("--tp") + 1] == "8"
+    assert c.command[c.command.index("--tp-size") + 1] == "8"
     assert dep.spec.template.spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H200"}
     pods = env.core.list_namespaced_pod(
         env.ns, label_selector="app.kubernetes.io/instance=k25,app.kubernetes.io/component=server"

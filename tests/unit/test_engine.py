@@ -20,13 +20,13 @@ def _value(args: list[str], flag: str) -> str:
 
 def test_tp8_line_has_kimi_parsers_metrics_and_multithreaded_load() -> None:
     args = _args()
-    assert _value(args, "--tp") == "8"
+    assert _value(args, "--tp-size") == "8"
     assert _value(args, "--tool-call-parser") == "kimi_k2"
     assert _value(args, "--reasoning-parser") == "kimi_k2"
     assert "--trust-remote-code" in args and "--enable-metrics" in args
     assert _value(args, "--model-path") == "/models/moonshotai/Kimi-K2.5/main"
     assert '"enable_multithread_load":true' in _value(args, "--model-loader-extra-config")
-    assert "--ep-size" not in args and "--enable-dp-attention" not in args
+    assert "--ep-size" not in args and "--attn-dp-size" not in args
 
 
 def test_each_owned_flag_appears_at_most_once() -> None:
@@ -37,7 +37,8 @@ def test_each_owned_flag_appears_at_most_once() -> None:
 
 def test_dp_attention_reports_metrics_from_every_scheduler() -> None:
     args = _args(engine={"dataParallelAttention": True})
-    assert _value(args, "--dp") == "8"
+    assert _value(args, "--dp-size") == "8"
+    assert _value(args, "--attn-dp-size") == "8"
     assert "--enable-metrics-for-all-schedulers" in args
 
 

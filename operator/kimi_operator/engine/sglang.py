@@ -38,13 +38,14 @@ def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = Fals
         snapshot_path(plan.repo, plan.revision),
         "--served-model-name",
         plan.served_model_name,
-        "--tp",
+        "--tp-size",
         str(plan.tp),
     ]
     if plan.ep > 1:
         args += ["--ep-size", str(plan.ep)]
     if plan.data_parallel_attention:
-        args += ["--dp", str(plan.dp), "--enable-dp-attention"]
+        # 0.5.23 deprecates --enable-dp-attention in favour of --attn-dp-size <dp-size>.
+        args += ["--dp-size", str(plan.dp), "--attn-dp-size", str(plan.dp)]
     args += [
         "--trust-remote-code",
         "--tool-call-parser",
