@@ -51,9 +51,7 @@ class Accelerator:
     key: str
     vendor: str  # nvidia | amd
     memory_mib: int
-    product_label: (
-        str  # value of the node label nvidia.com/gpu.product (GPU feature discovery) or amd.com/gpu
-    )
+    product_label: str  # value of the node label nvidia.com/gpu.product (GPU feature discovery) or amd.com/gpu
     resource_name: str
     source: str
     max_attention_tp: int | None = None  # heads-per-GPU constraint of the attention kernel, if any
@@ -156,15 +154,9 @@ ACCELERATORS: dict[str, Accelerator] = {
         "nvidia.com/gpu",
         "nvidia-smi total on H100 SXM 80GB",
     ),
-    "H200": Accelerator(
-        "H200", "nvidia", 143771, "NVIDIA-H200", "nvidia.com/gpu", "nvidia-smi total on H200 SXM"
-    ),
-    "H20": Accelerator(
-        "H20", "nvidia", 97871, "NVIDIA-H20", "nvidia.com/gpu", "nvidia-smi total on H20 96GB"
-    ),
-    "B200": Accelerator(
-        "B200", "nvidia", 183359, "NVIDIA-B200", "nvidia.com/gpu", "nvidia-smi total on B200"
-    ),
+    "H200": Accelerator("H200", "nvidia", 143771, "NVIDIA-H200", "nvidia.com/gpu", "nvidia-smi total on H200 SXM"),
+    "H20": Accelerator("H20", "nvidia", 97871, "NVIDIA-H20", "nvidia.com/gpu", "nvidia-smi total on H20 96GB"),
+    "B200": Accelerator("B200", "nvidia", 183359, "NVIDIA-B200", "nvidia.com/gpu", "nvidia-smi total on B200"),
     "B300": Accelerator(
         "B300", "nvidia", 274658, "NVIDIA-B300", "nvidia.com/gpu", "estimate: vendor spec 288 GB HBM3e"
     ),

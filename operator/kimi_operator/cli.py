@@ -115,9 +115,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.draft_repo:
         from kimi_operator.engine.sglang import snapshot_path
 
-        fetcher.fetch(
-            args.draft_repo, "main", snapshot_path(args.draft_repo, "main"), max_workers=args.workers
-        )
+        fetcher.fetch(args.draft_repo, "main", snapshot_path(args.draft_repo, "main"), max_workers=args.workers)
     return 0
 
 
@@ -129,14 +127,10 @@ def cmd_crd(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kimi-operator", description=f"kimi-operator {__version__} ({GROUP})"
-    )
+    parser = argparse.ArgumentParser(prog="kimi-operator", description=f"kimi-operator {__version__} ({GROUP})")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("plan", help="print the plan (topology, memory, KV cache) for a KimiDeployment file")
-    p.add_argument(
-        "-f", "--file", required=True, help="YAML with one or more KimiDeployments, or - for stdin"
-    )
+    p.add_argument("-f", "--file", required=True, help="YAML with one or more KimiDeployments, or - for stdin")
     p.set_defaults(func=cmd_plan)
     r = sub.add_parser("render", help="print the manifests the operator would apply, offline")
     r.add_argument("-f", "--file", required=True)

@@ -46,10 +46,6 @@ def fetch(repo: str, revision: str, dest: str, *, max_workers: int = 8) -> Path:
     )
     files = [p for p in target.rglob("*") if p.is_file() and ".cache" not in p.parts]
     total = sum(p.stat().st_size for p in files)
-    marker.write_text(
-        json.dumps({"repo": repo, "revision": revision, "files": len(files), "bytes": total}, indent=2)
-    )
-    log.info(
-        "%s@%s: %d files, %d bytes in %.0fs", repo, revision, len(files), total, time.monotonic() - started
-    )
+    marker.write_text(json.dumps({"repo": repo, "revision": revision, "files": len(files), "bytes": total}, indent=2))
+    log.info("%s@%s: %d files, %d bytes in %.0fs", repo, revision, len(files), total, time.monotonic() - started)
     return target

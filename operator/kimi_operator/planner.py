@@ -270,11 +270,7 @@ def _does_not_fit(
     advice: list[str] = []
     if fixed:
         more = next(
-            (
-                n
-                for n in range(fixed + 1, MAX_AUTO_NODES + 1)
-                if evaluate(ckpt, acc, n, topo.gpus_per_node, opts).fits
-            ),
+            (n for n in range(fixed + 1, MAX_AUTO_NODES + 1) if evaluate(ckpt, acc, n, topo.gpus_per_node, opts).fits),
             None,
         )
         if more is not None:

@@ -138,9 +138,7 @@ def _weights(old_weights: dict[str, Any], job: Manifest | None, key: str, claim:
     if remembered or state == "succeeded":
         return _Weights(True, "Downloaded", f"{key} is complete on volume {claim}", "100%")
     if state == "failed":
-        return _Weights(
-            False, "FetchFailed", f"downloading {key} failed: {msg}; delete the Job to retry", "Failed"
-        )
+        return _Weights(False, "FetchFailed", f"downloading {key} failed: {msg}; delete the Job to retry", "Failed")
     return _Weights(False, "Downloading", f"downloading {key} into volume {claim}", "Downloading")
 
 
@@ -340,9 +338,7 @@ def _status(
 
     weights_cond = _condition("WeightsReady", weights.ready, weights.reason, weights.message, generation)
     if ready > 0:
-        available = _condition(
-            "Available", True, "MinimumReplicasAvailable", f"{ready} replica(s) serve", generation
-        )
+        available = _condition("Available", True, "MinimumReplicasAvailable", f"{ready} replica(s) serve", generation)
     elif desired == 0:
         available = _condition("Available", False, "ScaledToZero", "replicas is 0", generation)
     else:
@@ -356,9 +352,7 @@ def _status(
             else ("DownloadingWeights", weights.message)
         )
     elif rolled_out:
-        reason, msg = (
-            ("Ready", f"{ready}/{desired} replicas ready") if desired else ("ScaledToZero", "replicas is 0")
-        )
+        reason, msg = ("Ready", f"{ready}/{desired} replicas ready") if desired else ("ScaledToZero", "replicas is 0")
     elif unschedulable:
         reason, msg = "Unschedulable", f"serving pods cannot be scheduled: {unschedulable}"
     elif updated < desired or dep_changing or not dep_current:

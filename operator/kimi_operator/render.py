@@ -158,11 +158,7 @@ def context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: Operator
             plan.revision,
             "--dest",
             sglang.snapshot_path(plan.repo, plan.revision),
-            *(
-                ["--draft-repo", spec.engine.speculative.draft_repo]
-                if spec.engine.speculative is not None
-                else []
-            ),
+            *(["--draft-repo", spec.engine.speculative.draft_repo] if spec.engine.speculative is not None else []),
         ],
         "command": sglang.command(plan, spec),
         "env": sglang.env(plan, spec),

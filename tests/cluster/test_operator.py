@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kimi_testbed.wait import wait_for
 from kubernetes import client
+
+from kimi_testbed.wait import NotYet, wait_for
 
 from .operator_proc import OperatorProcess
 
@@ -31,9 +32,7 @@ class Kubectl:
         self.binary = binary
         self.kubeconfig = kubeconfig
 
-    def run(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(
             [str(self.binary), "--kubeconfig", str(self.kubeconfig), *args],
             input=stdin,
@@ -47,9 +46,7 @@ class Kubectl:
 
     def apply(self, obj: dict[str, Any] | str, check: bool = True) -> subprocess.CompletedProcess[str]:
         text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
-        return self.run(
-            "apply", "--server-side", "--field-manager=test-user", "-f", "-", stdin=text, check=check
-        )
+        return self.run("apply", "--server-side", "--field-manager=test-user", "-f", "-", stdin=text, check=check)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +62,9 @@ def crd_installed(kubectl: Kubectl) -> None:
 
 @pytest.fixture(scope="session")
 def operator(
-    cluster: Any, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+    cluster: Any,
+    crd_installed: None,  # noqa: ARG001 - ordering: the CRD exists before the operator watches it
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     proc = OperatorProcess(Path(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))
     proc.start()
@@ -131,17 +130,14 @@ class Env:
     def wait_condition(
         self, name: str, ctype: str, status: str, reason: str | None = None, timeout: float = 60
     ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
+        def check() -> dict[str, Any] | NotYet:
             c = self.condition(name, ctype)
-            ok = c is not None and c["status"] == status and (reason is None or c["reason"] == reason)
-            return c if ok else None
+            if c is not None and c["status"] == status and (reason is None or c["reason"] == reason):
+                return c
+            return NotYet(self.get(name).get("status", {}).get("conditions"))
 
         return wait_for(
-            check,
-            timeout=timeout,
-            what=f"KimiDeployment {self.ns}/{name} condition {ctype}={status} reason={reason}; last seen: "
-            + "{last}",
-            last=lambda: self.get(name).get("status", {}).get("conditions"),
+            check, timeout=timeout, what=f"KimiDeployment {self.ns}/{name} {ctype}={status} (reason {reason})"
         )
 
     def names(self, kind: str) -> set[str]:
@@ -172,10 +168,7 @@ def go_ready(env: Env, name: str, **spec: Any) -> None:
 
 def test_apply_downloads_then_serves_and_reports_ready(env: Env) -> None:
     weights_pv(env.core, env.ns, "k25-weights")
-    env.apply(
-        yaml.safe_load((ROOT / "examples" / "kimi-k2.5-h200.yaml").read_text())
-        | {"metadata": {"name": "k25"}}
-    )
+    env.apply(yaml.safe_load((ROOT / "examples" / "kimi-k2.5-h200.yaml").read_text()) | {"metadata": {"name": "k25"}})
     env.wait_condition("k25", "WeightsReady", "True", timeout=120)
     ready = env.wait_condition("k25", "Ready", "True", "Ready", timeout=120)
     assert ready["observedGeneration"] == env.get("k25")["metadata"]["generation"]
@@ -196,9 +189,7 @@ def test_apply_downloads_then_serves_and_reports_ready(env: Env) -> None:
     assert status["plan"]["summary"] == "1x8 H200 TP8"
     assert status["weights"]["progress"] == "100%"
     assert env.names("Service") == {"k25", "k25-headless"}
-    wait_for(
-        lambda: "k25-fetch" not in env.names("Job") or None, timeout=30, what="finished fetch Job removed"
-    )
+    wait_for(lambda: "k25-fetch" not in env.names("Job") or None, timeout=30, what="finished fetch Job removed")
     reasons = {r for _, r in env.events("k25")}
     assert {"Downloading", "Downloaded", "Ready"} <= reasons
 
@@ -284,9 +275,7 @@ def test_a_spec_the_planner_refuses_gets_a_reason_and_no_workload(env: Env) -> N
     env.apply(kd("h100", topology={"accelerator": "H100", "nodesPerReplica": 1}))
     cond = env.wait_condition("h100", "Ready", "False", "DoesNotFit")
     assert "nodesPerReplica: 2" in cond["message"] and "H200" in cond["message"]
-    wait_for(
-        lambda: ("Warning", "DoesNotFit") in env.events("h100") or None, timeout=30, what="Warning event"
-    )
+    wait_for(lambda: ("Warning", "DoesNotFit") in env.events("h100") or None, timeout=30, what="Warning event")
     for kind in ("Deployment", "Job", "PersistentVolumeClaim", "Service"):
         assert env.names(kind) == set(), kind
 

@@ -48,7 +48,9 @@ def test_scale_subresource_and_printer_columns() -> None:
 
 def test_nested_defaults_reach_the_api_server() -> None:
     spec = crd.spec_schema()
-    assert spec["properties"]["topology"]["default"] == {}
+    assert spec["properties"]["topology"]["default"]["accelerator"] == "H200"
+    assert spec["properties"]["rollout"]["default"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert "default" not in spec["properties"]["model"]["properties"]["tokenSecretRef"]
     assert spec["properties"]["topology"]["properties"]["accelerator"]["default"] == "H200"
     assert "H100" in spec["properties"]["topology"]["properties"]["accelerator"]["enum"]
     assert yaml.safe_dump(spec)

@@ -72,11 +72,7 @@ def test_probes_outlast_sglang_health_timeout_and_startup_covers_the_load_budget
 
 def test_user_env_cannot_override_offline_mode() -> None:
     spec = KimiDeploymentSpec.model_validate(
-        {
-            "engine": {
-                "env": [{"name": "HF_HUB_OFFLINE", "value": "0"}, {"name": "NCCL_DEBUG", "value": "INFO"}]
-            }
-        }
+        {"engine": {"env": [{"name": "HF_HUB_OFFLINE", "value": "0"}, {"name": "NCCL_DEBUG", "value": "INFO"}]}}
     )
     env = sglang.env(planner.plan(spec), spec)
     assert [e for e in env if e["name"] == "HF_HUB_OFFLINE"] == [{"name": "HF_HUB_OFFLINE", "value": "1"}]

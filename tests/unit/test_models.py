@@ -19,9 +19,7 @@ def test_empty_spec_defaults_to_k25_on_one_h200_node() -> None:
 
 
 def test_wire_names_are_camel_case() -> None:
-    spec = KimiDeploymentSpec.model_validate(
-        {"engine": {"memFractionStaticPercent": 80, "kvCacheDtype": "fp8_e4m3"}}
-    )
+    spec = KimiDeploymentSpec.model_validate({"engine": {"memFractionStaticPercent": 80, "kvCacheDtype": "fp8_e4m3"}})
     wire = spec.wire()
     assert wire["engine"]["memFractionStaticPercent"] == 80
     assert "mem_fraction_static_percent" not in wire["engine"]
@@ -32,9 +30,7 @@ def test_unknown_field_is_refused_not_ignored() -> None:
         KimiDeploymentSpec.model_validate({"replicaz": 2})
 
 
-@pytest.mark.parametrize(
-    "arg", ["--tp", "--tp=4", "--tp 4", "--model-path", "--enable-metrics", "--port=9000"]
-)
+@pytest.mark.parametrize("arg", ["--tp", "--tp=4", "--tp 4", "--model-path", "--enable-metrics", "--port=9000"])
 def test_extra_args_that_collide_with_owned_flags_are_refused_with_the_flag_named(arg: str) -> None:
     with pytest.raises(ValidationError) as err:
         KimiDeploymentSpec.model_validate({"engine": {"extraArgs": [arg]}})

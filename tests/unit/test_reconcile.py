@@ -214,9 +214,7 @@ def test_failed_download_is_reported_with_how_to_retry() -> None:
     s.step()
     s.children[("Job", "kd-fetch")]["status"] = {
         "failed": 7,
-        "conditions": [
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}
-        ],
+        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}],
     }
     actions = s.step()
     assert _cond(s, "Ready")["reason"] == "FetchFailed"

@@ -41,9 +41,7 @@ def test_examples_match_golden_manifests(example: Path, stage: str) -> None:
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(text)
     assert golden.exists(), f"missing {golden}; run UPDATE_GOLDEN=1 make unit"
-    assert text == golden.read_text(), (
-        f"{golden.name} differs from the renderer; review, then UPDATE_GOLDEN=1"
-    )
+    assert text == golden.read_text(), f"{golden.name} differs from the renderer; review, then UPDATE_GOLDEN=1"
 
 
 def _by_kind(ms: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -85,9 +83,7 @@ def test_serving_pod_mounts_weights_read_only_and_runs_offline() -> None:
 def test_retained_weights_volume_has_no_owner_so_deleting_the_kd_keeps_it() -> None:
     pvc = _by_kind(_render(_doc(), weights_ready=True))["PersistentVolumeClaim"][0]
     assert "ownerReferences" not in pvc["metadata"]
-    pvc = _by_kind(_render(_doc(weights={"retainOnDelete": False}), weights_ready=True))[
-        "PersistentVolumeClaim"
-    ][0]
+    pvc = _by_kind(_render(_doc(weights={"retainOnDelete": False}), weights_ready=True))["PersistentVolumeClaim"][0]
     assert pvc["metadata"]["ownerReferences"][0]["kind"] == "KimiDeployment"
 
 
@@ -119,9 +115,7 @@ def test_every_child_is_labelled_and_owned() -> None:
 
 
 def test_token_secret_is_referenced_never_inlined() -> None:
-    job = _by_kind(
-        _render(_doc(model={"tokenSecretRef": {"name": "hf", "key": "tok"}}), weights_ready=False)
-    )["Job"][0]
+    job = _by_kind(_render(_doc(model={"tokenSecretRef": {"name": "hf", "key": "tok"}}), weights_ready=False))["Job"][0]
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
     token = next(e for e in env if e["name"] == "HF_TOKEN")
     assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}}}

@@ -10,9 +10,10 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from kimi_testbed.harness import config_from_argv
 from kimi_testbed.standin import GAUGES, EngineConfig, StandinEngine
-from prometheus_client.parser import text_string_to_metric_families
 
 SGLANG_LABELS = {"model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank"}
 

@@ -12,9 +12,10 @@ import argparse
 import copy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
+from pydantic import BaseModel
 
 from kimi_operator import catalog
 from kimi_operator.api.models import (
@@ -25,6 +26,7 @@ from kimi_operator.api.models import (
     SHORT_NAMES,
     SINGULAR,
     VERSION,
+    ApiModel,
     KimiDeploymentSpec,
     KimiDeploymentStatus,
 )
@@ -44,8 +46,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "has(self.existingClaimName) == has(oldSelf.existingClaimName) && "
             "(!has(self.existingClaimName) || self.existingClaimName == oldSelf.existingClaimName)",
-            "message": "weights.existingClaimName is immutable: create a new KimiDeployment to move to another "
-            "volume",
+            "message": "weights.existingClaimName is immutable: create a new KimiDeployment to move to another volume",
         },
         {
             "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && "
@@ -154,13 +155,31 @@ def _structural(node: Schema) -> Schema:
     return node
 
 
-def _defaults_for_nested_objects(node: Schema, model_defaults: dict[str, Any]) -> None:
-    """Give defaulted nested objects `default: {}` so the API server fills their fields' defaults too."""
-    for name, prop in node.get("properties", {}).items():
-        if prop.get("type") == "object" and "properties" in prop:
-            if name in model_defaults and "default" not in prop:
-                prop["default"] = {}
-            _defaults_for_nested_objects(prop, dict.fromkeys(prop.get("properties", {}), True))
+def _object_defaults(model: type[BaseModel], node: Schema) -> None:
+    """Give each nested object that the model always fills (default_factory) its full default value.
+
+    The API server applies a default only where a field is absent, and evaluates CEL rules against it, so the
+    default of an object must be complete (`{}` would skip its own fields' defaults and fail rules that read them).
+    """
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        prop = node.get("properties", {}).get(alias)
+        if prop is None:
+            continue
+        sub = _model_class(field.annotation)
+        if sub is None or prop.get("type") != "object":
+            continue  # scalars, maps and lists keep pydantic's own default
+        if field.default_factory is not None:
+            prop["default"] = sub().wire()
+        _object_defaults(sub, prop)
+
+
+def _model_class(annotation: Any) -> type[ApiModel] | None:
+    candidates = [annotation, *get_args(annotation)]
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, ApiModel):
+            return c
+    return None
 
 
 def _attach(schema: Schema, path: str, rules: list[dict[str, str]]) -> None:
@@ -179,8 +198,7 @@ def _pydantic_schema(model: type[Any]) -> Schema:
 
 def spec_schema() -> Schema:
     schema = _pydantic_schema(KimiDeploymentSpec)
-    defaulted = dict.fromkeys(schema.get("properties", {}), True)
-    _defaults_for_nested_objects(schema, defaulted)
+    _object_defaults(KimiDeploymentSpec, schema)
     schema["properties"]["topology"]["properties"]["accelerator"]["enum"] = sorted(catalog.ACCELERATORS)
     wrapper: Schema = {"properties": {"spec": schema}}
     for path, rules in CEL_RULES.items():
@@ -246,7 +264,7 @@ def build_crd() -> dict[str, Any]:
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": {**spec_schema(), "default": {}},
+                                "spec": {**spec_schema(), "default": KimiDeploymentSpec().wire()},
                                 "status": status_schema(),
                             },
                         }

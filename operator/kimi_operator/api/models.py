@@ -282,9 +282,7 @@ class RolloutSpec(ApiModel):
     """How spec changes roll out. The default never needs a spare 8-GPU node."""
 
     max_surge: int = Field(default=0, ge=0, le=16, description="Extra replicas started during a rollout.")
-    max_unavailable: int = Field(
-        default=1, ge=0, le=16, description="Replicas that may be down during a rollout."
-    )
+    max_unavailable: int = Field(default=1, ge=0, le=16, description="Replicas that may be down during a rollout.")
 
 
 class KimiDeploymentSpec(ApiModel):
