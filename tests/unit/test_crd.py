@@ -23,9 +23,9 @@ def _walk(node: Any, path: str = "") -> list[str]:
         for key in ("$ref", "anyOf", "oneOf", "allOf", "title", "$defs"):
             if key in node:
                 bad.append(f"{path}/{key}")
-        if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node:
-            if not node.get("x-kubernetes-preserve-unknown-fields") and path.count("/") > 1:
-                bad.append(f"{path}: object without properties")
+        free_form = node.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in node
+        if node.get("type") == "object" and "properties" not in node and not free_form and path.count("/") > 1:
+            bad.append(f"{path}: object without properties")
         for k, v in node.items():
             bad += _walk(v, f"{path}/{k}")
     elif isinstance(node, list):
