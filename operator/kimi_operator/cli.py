@@ -110,13 +110,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from kimi_operator import fetcher
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    fetcher.fetch(args.repo, args.revision, args.dest, max_workers=args.workers)
-    if args.draft_repo:
-        from kimi_operator.engine.sglang import snapshot_path
-
-        fetcher.fetch(args.draft_repo, "main", snapshot_path(args.draft_repo, "main"), max_workers=args.workers)
-    return 0
+    return fetcher.main(
+        args.repo,
+        args.revision,
+        args.root,
+        concurrency=args.concurrency,
+        draft_repo=args.draft_repo,
+        draft_revision=args.draft_revision,
+        progress_file=args.progress_file,
+        progress_interval=args.progress_interval,
+        verify=args.verify,
+        termination_log=args.termination_log,
+    )
 
 
 def cmd_crd(_: argparse.Namespace) -> int:
@@ -143,12 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
-    f = sub.add_parser("fetch", help="download a checkpoint onto the weights volume (run by the fetch Job)")
-    f.add_argument("--repo", required=True)
-    f.add_argument("--revision", default="main")
-    f.add_argument("--dest", required=True)
-    f.add_argument("--draft-repo", default="")
-    f.add_argument("--workers", type=int, default=8)
+    f = sub.add_parser(
+        "fetch",
+        help="download a checkpoint onto the weights volume (run by the fetch Job)",
+        description="Download repo@revision into ROOT/<repo>/<commit>/, resumable and verified. The Hub token is "
+        "read from the HF_TOKEN environment variable only. Exit codes: 0 complete, 1 failure (retry may help), "
+        "2 bad request (repo/revision not found, unauthorized), 3 not enough space. docs/weights-cache.md",
+    )
+    f.add_argument("--repo", required=True, help="Hugging Face repo id, e.g. moonshotai/Kimi-K2.5")
+    f.add_argument("--revision", default="main", help="branch, tag or commit (resolved to a commit)")
+    f.add_argument("--root", default="/models", help="the weights volume mount (default /models)")
+    f.add_argument("--concurrency", type=int, default=8, help="files downloaded in parallel (default 8)")
+    f.add_argument("--draft-repo", default="", help="also fetch this speculative-decoding draft model")
+    f.add_argument("--draft-revision", default="main")
+    f.add_argument("--progress-file", default="", help="write the progress record (JSON) to this file")
+    f.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress reports")
+    f.add_argument(
+        "--verify",
+        choices=["fast", "full"],
+        default="fast",
+        help="fast: trust files this fetcher verified before if size and mtime are unchanged; full: re-hash all",
+    )
+    f.add_argument("--termination-log", default="/dev/termination-log", help="where the result JSON goes (k8s)")
     f.set_defaults(func=cmd_fetch)
     c = sub.add_parser("crd", help="print the KimiDeployment CRD")
     c.set_defaults(func=cmd_crd)

@@ -30,9 +30,10 @@ def reconcile_one(kube: Kube, config: OperatorConfig, namespace: str, name: str)
     body = kube.get_kd(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None  # owner references let the garbage collector remove the children
-    children = kube.list_children(namespace, render.children_selector(name))
-    pods = kube.list_pods(namespace, render.selector_string(name))
-    actions = reconcile.decide(reconcile.Observed(body, children, pods), config, now_rfc3339())
+    children, missing = kube.list_children(namespace, render.children_selector(name))
+    pods = kube.list_pods(namespace, render.engine_pods_selector(name))
+    observed = reconcile.Observed(body, children, pods, lws_installed="LeaderWorkerSet" not in missing)
+    actions = reconcile.decide(observed, config, now_rfc3339())
     for key in actions.delete:
         kube.delete(key[0], namespace, key[1])
     for manifest in actions.apply:

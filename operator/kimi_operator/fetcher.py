@@ -1,51 +1,1234 @@
-"""`kimi-operator fetch`: the program the weights Job runs. Downloads repo@revision onto the cache volume.
+"""`kimi-operator fetch`: the program the weights Job runs. Downloads repo@revision onto the cache volume, once.
 
-It uses huggingface_hub's snapshot_download (resumes: completed files are skipped on a restart) and writes a
-completion marker only after the download returned without error. The HF token is read from the HF_TOKEN
-environment variable (set from the referenced Secret) and is never printed.
+What it guarantees (docs/weights-cache.md has the long form):
+
+- The revision is resolved to a commit first; files go to ``<root>/<repo>/<commit>/`` (weights.snapshot_dir), so
+  revisions and deployments share one volume without clobbering each other.
+- Only what serving needs is fetched (weights.wanted): safetensors, configs, tokenizer, chat template, remote code.
+- Before the first byte, the free space of the volume is compared with what is still missing (exit 3 if short).
+- Resumable at byte level: each file is written to ``.kimi-operator/partial/<name>.part`` and continued with an
+  HTTP Range request after a crash or a killed pod; finished files are never downloaded again. (huggingface_hub
+  2.4.0's own hf_hub_download throws a partial file away when the process dies, which for 8 parallel ~9 GB shards
+  means re-downloading up to ~75 GB; this module uses its ``http_get``, with the same retry/resume loop, on a
+  partial file that survives.)
+- Verified: each file is hashed while it is written (sha256 against the Hub's LFS metadata; git blob id for small
+  non-LFS files). A file that does not match is discarded and fetched again, never left in place. Files found on
+  the volume from an earlier run are trusted if they match the fetcher's own record (size and mtime), else hashed
+  (``--verify full`` hashes everything). Only a complete, verified snapshot gets ``.kimi-operator-complete.json``.
+- Progress (weights.FetchProgress) every ``--progress-interval`` seconds to ``--progress-file`` and, with
+  POD_NAME/POD_NAMESPACE set, to the pod's own annotation ``kimi-operator.dev/fetch-progress``.
+- The Hub token comes from the HF_TOKEN environment variable only and is scrubbed from every line written.
+
+Exit codes: 0 complete, 1 other failure (retry may help), 2 bad request (repo/revision not found, unauthorized,
+no safetensors), 3 not enough space on the volume.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
 import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Literal, cast
 
-log = logging.getLogger(__name__)
+from kimi_operator import __version__, weights
+from kimi_operator.weights import FetchProgress, Phase
 
-ALLOW_PATTERNS = [
-    "*.safetensors",
-    "*.json",
-    "*.py",
-    "*.tiktoken",
-    "*.model",
-    "*.txt",
-    "*.jinja",
-    "*.md",
-]
-COMPLETE_MARKER = ".kimi-operator-complete.json"
+log = logging.getLogger("kimi_operator.fetcher")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_REQUEST = 2
+EXIT_NO_SPACE = 3
+
+FAKE_FREE_ENV = "KIMI_FETCH_FAKE_FREE_BYTES"
+"""Test hook: when set, the free-space check uses this many bytes instead of asking the file system. Nothing else
+reads it; it exists because tests cannot make a small file system. Never set it in a real Job."""
+
+DOWNLOAD_TIMEOUT_S = 60  # per read on the data connection (huggingface_hub's default is 10 s)
+API_TIMEOUT_S = 60
+MAX_ATTEMPTS = 8  # per file, without progress between them; backoff 2, 4, 8 ... 60 s
+MAX_HASH_MISMATCHES = 3
+_HASH_CHUNK = 8 << 20
+_PARTIAL_DIR = "partial"
+_STATE_FILE = "state.json"
+_LOCK_FILE = "lock"
+
+Verify = Literal["fast", "full"]
 
 
-def fetch(repo: str, revision: str, dest: str, *, max_workers: int = 8) -> Path:
-    from huggingface_hub import snapshot_download
+class FetchError(Exception):
+    """A failure with a message for people and an exit code."""
 
-    target = Path(dest)
-    marker = target / COMPLETE_MARKER
-    if marker.exists():
-        log.info("%s@%s already complete in %s", repo, revision, target)
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    snapshot_download(
-        repo_id=repo,
-        revision=revision,
-        local_dir=str(target),
-        allow_patterns=ALLOW_PATTERNS,
-        max_workers=max_workers,
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class BadRequestError(FetchError):
+    exit_code = EXIT_BAD_REQUEST
+
+
+class NotEnoughSpaceError(FetchError):
+    exit_code = EXIT_NO_SPACE
+
+
+class _CancelledError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+
+
+class Scrubber:
+    """Replaces secrets in any text. The token must never reach a log line, the progress record or an error."""
+
+    def __init__(self, secrets: Sequence[str | None] = ()) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class ScrubFilter(logging.Filter):
+    def __init__(self, scrub: Scrubber) -> None:
+        super().__init__()
+        self.scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.scrub.secrets:
+            record.msg = self.scrub(record.getMessage())
+            record.args = None
+            if record.exc_info:
+                record.exc_text = self.scrub("".join(traceback.format_exception(*record.exc_info)))
+                record.exc_info = None
+        return True
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str | None  # LFS files
+    blob_id: str | None  # git object id (of the content for non-LFS files)
+
+    @property
+    def lfs(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class Target:
+    repo: str
+    revision: str = "main"
+
+
+@dataclass
+class Snapshot:
+    """One repo@commit on the volume, as resolved and fetched."""
+
+    repo: str
+    revision: str
+    commit: str
+    path: Path
+    files: list[RemoteFile]
+    skipped: list[RemoteFile] = field(default_factory=list)
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.path / weights.STATE_DIR
+
+    def partial(self, rf: RemoteFile) -> Path:
+        return self.meta_dir / _PARTIAL_DIR / f"{rf.name}.part"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "commit": self.commit,
+            "path": str(self.path),
+            "bytes": self.bytes_total,
+            "files": len(self.files),
+        }
+
+
+@dataclass
+class _Job:
+    snap: Snapshot
+    rf: RemoteFile
+    on_disk: int = 0  # bytes of this file on the volume (final or partial); written by one thread at a time
+    done: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.snap.path / self.rf.name
+
+
+class _State:
+    """Per-snapshot record of verified files: name -> size, sha256, git blob id, mtime. Lets a restart trust
+    files this fetcher already hashed without reading them again; anything else on the volume is hashed."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.path = snap.meta_dir / _STATE_FILE
+        self.repo = snap.repo
+        self.commit = snap.commit
+        self._lock = threading.Lock()
+        self.files: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
+            data = json.loads(self.path.read_text())
+            if data.get("commit") == snap.commit and isinstance(data.get("files"), dict):
+                self.files = data["files"]
+
+    def trusted(self, rf: RemoteFile, st: os.stat_result) -> dict[str, Any] | None:
+        rec = self.files.get(rf.name)
+        if not rec or rec.get("size") != st.st_size or rec.get("mtimeNs") != st.st_mtime_ns:
+            return None
+        return rec if _record_matches(rec, rf) else None
+
+    def record(self, rf: RemoteFile, sha256: str, blob_id: str | None, st: os.stat_result) -> None:
+        with self._lock:
+            self.files[rf.name] = {"size": st.st_size, "sha256": sha256, "blobId": blob_id, "mtimeNs": st.st_mtime_ns}
+            self._save()
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            if self.files.pop(name, None) is not None:
+                self._save()
+
+    def _save(self) -> None:
+        data = {"repo": self.repo, "commit": self.commit, "files": self.files}
+        weights.atomic_write(self.path, json.dumps(data, separators=(",", ":")))
+
+
+def _record_matches(rec: dict[str, Any], rf: RemoteFile) -> bool:
+    if rf.sha256 is not None:
+        return bool(rec.get("sha256") == rf.sha256)
+    if rf.blob_id is not None:
+        return bool(rec.get("blobId") == rf.blob_id)
+    return True
+
+
+class _Digest:
+    """sha256 of the bytes (for the manifest and LFS checks) and, for small non-LFS files, their git blob id."""
+
+    def __init__(self, rf: RemoteFile) -> None:
+        self.rf = rf
+        self.n = 0
+        self.sha256 = hashlib.sha256()
+        self.git = None if rf.lfs or rf.blob_id is None else hashlib.sha1(b"blob %d\0" % rf.size)
+
+    def update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        if self.git is not None:
+            self.git.update(data)
+        self.n += len(data)
+
+    @property
+    def blob_id(self) -> str | None:
+        return None if self.git is None else self.git.hexdigest()
+
+    def problem(self) -> str | None:
+        """None if the bytes are what the Hub says, else why not."""
+        if self.n != self.rf.size:
+            return f"size {self.n}, the Hub says {self.rf.size}"
+        if self.rf.sha256 is not None and self.sha256.hexdigest() != self.rf.sha256:
+            return f"sha256 {self.sha256.hexdigest()[:16]}..., the Hub says {self.rf.sha256[:16]}..."
+        if self.git is not None and self.git.hexdigest() != self.rf.blob_id:
+            return f"git blob id {self.git.hexdigest()[:12]}, the Hub says {(self.rf.blob_id or '')[:12]}"
+        return None
+
+
+def _hash_into(
+    digest: _Digest, path: Path, length: int, stop: threading.Event, on_bytes: Callable[[int], None]
+) -> None:
+    with path.open("rb") as f:
+        left = length
+        while left > 0:
+            if stop.is_set():
+                raise _CancelledError
+            block = f.read(min(_HASH_CHUNK, left))
+            if not block:
+                break
+            digest.update(block)
+            on_bytes(len(block))
+            left -= len(block)
+
+
+class _Writer:
+    """The file object handed to huggingface_hub's http_get: hashes and counts what is written, and stops the
+    transfer (raising) when the fetch is cancelled. Supports the seek/truncate http_get does when a server
+    ignores a Range request."""
+
+    def __init__(self, f: IO[bytes], path: Path, digest: _Digest, job: _Job, tracker: _Tracker, stop: threading.Event):
+        self.f = f
+        self.path = path
+        self.digest = digest
+        self.job = job
+        self.tracker = tracker
+        self.stop = stop
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        if self.stop.is_set():
+            raise _CancelledError
+        n = self.f.write(data)
+        self.digest.update(data)
+        self.written += len(data)
+        self.job.on_disk += len(data)
+        self.tracker.downloaded(len(data))
+        return n
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        self.f.flush()
+        size = self.f.tell() if size is None else size
+        self.f.truncate(size)
+        fresh = _Digest(self.digest.rf)
+        _hash_into(fresh, self.path, size, self.stop, lambda _n: None)
+        self.digest.__dict__.update(fresh.__dict__)
+        self.job.on_disk = size
+        return size
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+# ------------------------------------------------------------------------------------------------ progress
+
+
+class _Tracker:
+    """Shared counters; builds the FetchProgress record."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.phase: Phase = "resolving"
+        self.message = ""
+        self.commit = ""
+        self.jobs: list[_Job] = []
+        self._downloaded = 0
+        self._samples: deque[tuple[float, int]] = deque()
+        self._started = time.monotonic()
+
+    def set_phase(self, phase: Phase, message: str = "") -> None:
+        with self._lock:
+            self.phase = phase
+            self.message = message
+
+    def downloaded(self, n: int) -> None:
+        with self._lock:
+            self._downloaded += n
+
+    @property
+    def bytes_downloaded(self) -> int:
+        return self._downloaded
+
+    def record(self) -> FetchProgress:
+        now = time.monotonic()
+        with self._lock:
+            downloaded = self._downloaded
+            self._samples.append((now, downloaded))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= 30:
+                self._samples.popleft()
+            t0, b0 = self._samples[0] if len(self._samples) > 1 else (self._started, 0)
+            rate = int((downloaded - b0) / (now - t0)) if now - t0 > 0.05 else 0
+            phase, message = self.phase, self.message
+        total = sum(j.rf.size for j in self.jobs)
+        done = sum(j.rf.size if j.done else min(j.on_disk, j.rf.size) for j in self.jobs)
+        eta = (total - done) // rate if rate > 0 and phase == "downloading" else None
+        return FetchProgress(
+            phase=phase,
+            bytes_done=total if phase == "complete" else done,
+            bytes_total=total,
+            files_done=sum(1 for j in self.jobs if j.done),
+            files_total=len(self.jobs),
+            bytes_per_second=rate if phase == "downloading" else 0,
+            eta_seconds=eta,
+            message=message,
+            commit=self.commit,
+            updated_at=int(time.time()),
+        )
+
+
+class PodAnnotator:
+    """Patches the fetcher's own pod annotation with the progress record. Failures are logged and ignored."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self.name = name
+        self.namespace = namespace
+        self._api: Any = None
+        self._failures = 0
+        self._disabled = False
+
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                config.load_kube_config()  # type: ignore[no-untyped-call]
+            self._api = client.CoreV1Api()
+        return self._api
+
+    def __call__(self, rec: FetchProgress) -> None:
+        if self._disabled:
+            return
+        body = {"metadata": {"annotations": {weights.PROGRESS_ANNOTATION: rec.to_json()}}}
+        try:
+            self._client().patch_namespaced_pod(self.name, self.namespace, body, _request_timeout=10)
+            self._failures = 0
+        except Exception as err:  # an annotation is a convenience: never fail the download for it
+            self._failures += 1
+            if self._failures in (1, 10) or self._failures % 100 == 0:
+                log.warning("could not annotate pod %s/%s with progress: %s", self.namespace, self.name, err)
+            if self._api is None and self._failures >= 3:
+                log.warning("no Kubernetes configuration; progress stays in the log and the progress file")
+                self._disabled = True
+
+
+class _Reporter(threading.Thread):
+    """Every ``interval`` seconds (and on every phase change): progress file, pod annotation, one log line."""
+
+    def __init__(
+        self, tracker: _Tracker, interval: float, sinks: list[Callable[[FetchProgress], None]], scrub: Scrubber
+    ) -> None:
+        super().__init__(name="fetch-progress", daemon=True)
+        self.tracker = tracker
+        self.interval = max(0.05, interval)
+        self.sinks = sinks
+        self.scrub = scrub
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._emit_lock = threading.Lock()
+        self._last_phase: Phase | None = None
+
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if not self._stopped.is_set():
+                self.emit()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def emit(self) -> FetchProgress:
+        with self._emit_lock:
+            rec = self.tracker.record()
+            rec.message = self.scrub(rec.message)
+            if rec.phase in ("downloading", "complete", "failed") or rec.phase != self._last_phase:
+                line = weights.format_progress(rec)
+                if rec.bytes_total > 0:
+                    line = f"{rec.phase}: {line}, files {rec.files_done}/{rec.files_total}"
+                log.info("%s", line)
+            self._last_phase = rec.phase
+            for sink in self.sinks:
+                try:
+                    sink(rec)
+                except Exception as err:
+                    log.warning("progress sink failed: %s", err)
+            return rec
+
+    def finish(self) -> FetchProgress:
+        self._stopped.set()
+        self._wake.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        return self.emit()
+
+
+def _progress_file_sink(path: str) -> Callable[[FetchProgress], None]:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def sink(rec: FetchProgress) -> None:
+        weights.atomic_write(target, rec.to_json() + "\n")
+
+    return sink
+
+
+# ------------------------------------------------------------------------------------------------ space
+
+
+def free_space(path: str | Path) -> int:
+    """Free bytes on the file system holding ``path`` (or the KIMI_FETCH_FAKE_FREE_BYTES test hook)."""
+    fake = os.environ.get(FAKE_FREE_ENV)
+    if fake:
+        return int(fake)
+    return shutil.disk_usage(path).free
+
+
+def _other_snapshots(root: Path, exclude: set[Path]) -> list[tuple[str, int]]:
+    """Complete snapshots on the volume (for the not-enough-space hint), largest first."""
+    found: list[tuple[str, int]] = []
+    for manifest in root.glob(f"*/*/*/{weights.MANIFEST_NAME}"):
+        if manifest.parent in exclude:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            m = weights.read_manifest(manifest.parent)
+            if m is not None:
+                found.append((str(manifest.parent.relative_to(root)), m.total_bytes))
+    return sorted(found, key=lambda x: -x[1])
+
+
+# ------------------------------------------------------------------------------------------------ the fetcher
+
+
+class Fetcher:
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        root: str,
+        *,
+        concurrency: int = 8,
+        token: str | None = None,
+        endpoint: str | None = None,
+        verify: Verify = "fast",
+        progress_interval: float = 10.0,
+        sinks: Sequence[Callable[[FetchProgress], None]] = (),
+        scrub: Scrubber | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        if concurrency < 1:
+            raise BadRequestError("--concurrency must be at least 1")
+        for t in targets:
+            try:
+                weights.validate_repo(t.repo)
+            except ValueError as err:
+                raise BadRequestError(str(err)) from None
+        self.targets = list(targets)
+        self.root = Path(root)
+        self.concurrency = concurrency
+        self.token = token or None
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.verify = verify
+        self.max_attempts = max_attempts
+        self.scrub = scrub or Scrubber([token])
+        self.tracker = _Tracker()
+        self.reporter = _Reporter(self.tracker, progress_interval, list(sinks), self.scrub)
+        self.stop = threading.Event()
+        self._lock_files: list[IO[str]] = []
+        self.snapshots: list[Snapshot] = []
+
+    # ---- entry point
+    def run(self) -> list[Snapshot]:
+        _configure_huggingface_hub()
+        self.reporter.start()
+        try:
+            self._run()
+        except BaseException as err:
+            message = err.message if isinstance(err, FetchError) else f"{type(err).__name__}: {err}"
+            self.tracker.set_phase("failed", self.scrub(message))
+            raise
+        finally:
+            self.reporter.finish()
+            for f in self._lock_files:
+                with contextlib.suppress(OSError):
+                    f.close()
+        return self.snapshots
+
+    def _run(self) -> None:
+        self.tracker.set_phase("resolving", f"resolving {', '.join(f'{t.repo}@{t.revision}' for t in self.targets)}")
+        self.reporter.poke()
+        self.snapshots = [self._resolve(t) for t in self.targets]
+        self.tracker.commit = self.snapshots[0].commit
+        for snap in self.snapshots:
+            snap.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock(snap)
+
+        self.tracker.set_phase("verifying", "checking files already on the volume")
+        self.reporter.poke()
+        jobs, states = self._inspect()
+        self.tracker.jobs = jobs
+        todo = [j for j in jobs if not j.done]
+
+        self.tracker.set_phase("checking-space")
+        self._check_space(todo)
+
+        for snap in {j.snap.commit: j.snap for j in todo}.values():
+            (snap.path / weights.MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until proven otherwise
+        if todo:
+            self.tracker.set_phase(
+                "downloading", f"{len(todo)} files, {weights.human_bytes(sum(j.rf.size - j.on_disk for j in todo))}"
+            )
+            self.reporter.poke()
+            self._download_all(todo, states)
+
+        self.tracker.set_phase("verifying", "final check")
+        for snap in self.snapshots:
+            self._complete(snap, states[snap.commit])
+        self.tracker.set_phase("complete", " ".join(f"{s.repo}@{s.commit}" for s in self.snapshots))
+
+    # ---- resolve
+    def _api(self) -> Any:
+        from huggingface_hub import HfApi
+
+        return HfApi(
+            endpoint=self.endpoint, token=self.token or False, library_name="kimi-operator", library_version=__version__
+        )
+
+    def _resolve(self, target: Target) -> Snapshot:
+        import httpx2
+
+        api = self._api()
+        delay = 2.0
+        for attempt in range(1, 5):
+            try:
+                info = api.model_info(target.repo, revision=target.revision, files_metadata=True, timeout=API_TIMEOUT_S)
+                break
+            except Exception as err:
+                failure = self._classify(err, target)
+                status = _status(err)
+                transient = isinstance(err, httpx2.TransportError) or (
+                    status is not None and status in (429, 500, 502, 503, 504)
+                )
+                if not transient or attempt == 4:
+                    raise failure from None
+                log.warning("%s; retrying in %.0fs", self.scrub(failure.message), delay)
+                self._sleep(delay)
+                delay *= 2
+        commit = str(info.sha or "")
+        if not weights.COMMIT_RE.fullmatch(commit):
+            raise FetchError(f"the Hub returned no commit for {target.repo}@{target.revision} (got {commit!r})")
+        remote: list[RemoteFile] = []
+        for s in info.siblings or []:
+            if s.size is None:
+                raise FetchError(f"the Hub returned no size for {s.rfilename}; cannot plan the download")
+            lfs = s.lfs
+            remote.append(RemoteFile(s.rfilename, int(s.size), str(lfs.sha256) if lfs else None, s.blob_id))
+        files = [f for f in remote if weights.wanted(f.name)]
+        skipped = [f for f in remote if not weights.wanted(f.name)]
+        if not any(f.name.endswith(".safetensors") for f in files):
+            raise BadRequestError(
+                f"{target.repo}@{target.revision} has no .safetensors weights (the fetcher serves safetensors "
+                f"checkpoints only; files: {', '.join(f.name for f in remote[:8])}{'...' if len(remote) > 8 else ''})"
+            )
+        for f in files:
+            if weights._safe_join(Path("/x"), f.name) is None:
+                raise FetchError(f"refusing unsafe file name from the Hub: {f.name!r}")
+        snap = Snapshot(
+            repo=target.repo,
+            revision=target.revision,
+            commit=commit,
+            path=Path(weights.snapshot_dir(str(self.root), target.repo, commit)),
+            files=sorted(files, key=lambda f: f.name),
+            skipped=skipped,
+        )
+        skipped_note = (
+            f"; skipping {len(skipped)} files ({weights.human_bytes(sum(f.size for f in skipped))}) serving does "
+            f"not need, e.g. {', '.join(f.name for f in skipped[:3])}"
+            if skipped
+            else ""
+        )
+        log.info(
+            "resolved %s@%s -> commit %s: %d files, %s%s",
+            target.repo,
+            target.revision,
+            commit,
+            len(files),
+            weights.human_bytes(snap.bytes_total),
+            skipped_note,
+        )
+        return snap
+
+    def _classify(self, err: BaseException, target: Target) -> FetchError:
+        import httpx2
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+        where = f"{target.repo}@{target.revision}"
+        status = _status(err)
+        if isinstance(err, RevisionNotFoundError):
+            return BadRequestError(
+                f"revision not found: {target.revision!r} is not a branch, tag or commit of {target.repo}"
+            )
+        if isinstance(err, GatedRepoError):
+            return BadRequestError(
+                f"unauthorized: {target.repo} is gated; accept its terms on the Hub with the account whose token is "
+                "in HF_TOKEN (spec.model.tokenSecretRef)"
+            )
+        if status == 401:
+            if self.token:
+                why = "the token in HF_TOKEN was rejected (invalid, expired, or without access to this repo)"
+            else:
+                why = (
+                    "no HF_TOKEN was given; a private or gated repo needs one (spec.model.tokenSecretRef), "
+                    "or the repo does not exist"
+                )
+            return BadRequestError(f"unauthorized: the Hub answered 401 for {where}: {why}")
+        if status == 403:
+            return BadRequestError(f"unauthorized: the Hub answered 403 for {where}; the token lacks read access")
+        if isinstance(err, RepositoryNotFoundError) or status == 404:
+            return BadRequestError(
+                f"repo not found: {target.repo} does not exist on {self.endpoint} (check spec.model.repo)"
+            )
+        if isinstance(err, httpx2.TransportError):
+            return FetchError(f"cannot reach the Hub at {self.endpoint}: {type(err).__name__}: {err}")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return FetchError(f"the Hub failed for {where}: {first}")
+
+    # ---- lock
+    def _take_lock(self, snap: Snapshot) -> None:
+        """One fetcher per snapshot (two deployments of the same model may run two Jobs on one volume)."""
+        snap.meta_dir.mkdir(parents=True, exist_ok=True)
+        f = (snap.meta_dir / _LOCK_FILE).open("a+")  # held (locked) for the whole run
+        waited = False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    log.warning("cannot lock %s (%s); continuing without the lock", snap.path, err)
+                    break
+                if not waited:
+                    f.seek(0)
+                    holder = f.read().strip() or "unknown"
+                    msg = f"another fetcher ({holder}) is downloading {snap.repo}@{snap.commit[:12]}; waiting for it"
+                    log.info(msg)
+                    self.tracker.message = msg
+                    waited = True
+                self._sleep(2)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pod={os.environ.get('POD_NAME') or socket.gethostname()} pid={os.getpid()} since={_now()}\n")
+        f.flush()
+        self._lock_files.append(f)
+
+    # ---- inspect what is on the volume
+    def _inspect(self) -> tuple[list[_Job], dict[str, _State]]:
+        states = {s.commit: _State(s) for s in self.snapshots}
+        jobs: list[_Job] = []
+        to_hash: list[_Job] = []
+        for snap in self.snapshots:
+            state = states[snap.commit]
+            for rf in snap.files:
+                job = _Job(snap, rf)
+                jobs.append(job)
+                try:
+                    st = job.path.stat()
+                except FileNotFoundError:
+                    st = None
+                if st is None:
+                    state.forget(rf.name)
+                    part = snap.partial(rf)
+                    with contextlib.suppress(FileNotFoundError):
+                        size = part.stat().st_size
+                        if size > rf.size:
+                            log.warning("%s: partial file larger than the file on the Hub; discarding it", rf.name)
+                            part.unlink()
+                        else:
+                            job.on_disk = size
+                    continue
+                if st.st_size != rf.size:
+                    self._discard(job, state, f"size {st.st_size}, the Hub says {rf.size}")
+                    continue
+                if self.verify == "fast" and state.trusted(rf, st) is not None:
+                    job.done = True
+                    job.on_disk = rf.size
+                    continue
+                to_hash.append(job)
+        if to_hash:
+            total = sum(j.rf.size for j in to_hash)
+            self.tracker.set_phase(
+                "verifying", f"hashing {len(to_hash)} files ({weights.human_bytes(total)}) on the volume"
+            )
+            self.reporter.poke()
+            self._pool(to_hash, lambda j: self._verify_existing(j, states[j.snap.commit]))
+        self._link_from_other_commits([j for j in jobs if not j.done and j.on_disk == 0], states)
+        return jobs, states
+
+    def _verify_existing(self, job: _Job, state: _State) -> None:
+        digest = _Digest(job.rf)
+        _hash_into(digest, job.path, job.rf.size + 1, self.stop, lambda _n: None)
+        problem = digest.problem()
+        if problem is None:
+            state.record(job.rf, digest.sha256.hexdigest(), digest.blob_id, job.path.stat())
+            job.done = True
+            job.on_disk = job.rf.size
+        else:
+            self._discard(job, state, problem)
+
+    def _discard(self, job: _Job, state: _State, problem: str) -> None:
+        """A file on the volume that is not what the Hub has: it goes, and the snapshot is no longer complete."""
+        snap = job.snap
+        log.warning(
+            "%s@%s: %s: %s; deleting it and fetching it again", snap.repo, snap.commit[:12], job.rf.name, problem
+        )
+        (snap.path / weights.MANIFEST_NAME).unlink(missing_ok=True)
+        job.path.unlink(missing_ok=True)
+        state.forget(job.rf.name)
+        job.done = False
+        job.on_disk = 0
+
+    def _link_from_other_commits(self, jobs: list[_Job], states: dict[str, _State]) -> None:
+        """A new commit of the same repo usually shares the weight shards: hard-link verified identical files from
+        other snapshots of the repo on this volume instead of downloading them again."""
+        wanted = {j.rf.sha256: j for j in jobs if j.rf.sha256}
+        if not wanted:
+            return
+        for snap in self.snapshots:
+            repo_dir = self.root / snap.repo
+            for other in sorted(p for p in repo_dir.iterdir() if weights.COMMIT_RE.fullmatch(p.name)):
+                if other.name in states or not wanted:
+                    continue
+                try:
+                    data = json.loads((other / weights.STATE_DIR / _STATE_FILE).read_text())
+                    records: dict[str, dict[str, Any]] = data["files"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                for name, rec in records.items():
+                    job = wanted.get(str(rec.get("sha256")))
+                    if job is None or job.snap.repo != snap.repo:
+                        continue
+                    src = other / name
+                    try:
+                        st = src.stat()
+                        if st.st_size != rec.get("size") or st.st_mtime_ns != rec.get("mtimeNs"):
+                            continue
+                        if st.st_size != job.rf.size:
+                            continue
+                        tmp = job.snap.partial(job.rf).with_suffix(".link")
+                        tmp.parent.mkdir(parents=True, exist_ok=True)
+                        tmp.unlink(missing_ok=True)
+                        os.link(src, tmp)
+                        job.path.parent.mkdir(parents=True, exist_ok=True)
+                        tmp.replace(job.path)
+                    except OSError as err:
+                        log.info("could not hard-link %s from %s (%s); will download it", name, other.name[:12], err)
+                        continue
+                    states[job.snap.commit].record(job.rf, str(rec["sha256"]), None, job.path.stat())
+                    job.done = True
+                    job.on_disk = job.rf.size
+                    del wanted[rec["sha256"]]
+                    log.info(
+                        "%s: identical in commit %s on this volume; hard-linked, not downloaded", name, other.name[:12]
+                    )
+
+    # ---- space
+    def _check_space(self, todo: list[_Job]) -> None:
+        needed = sum(j.rf.size - j.on_disk for j in todo)
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = free_space(self.root)
+        total = sum(s.bytes_total for s in self.snapshots)
+        what = ", ".join(f"{s.repo}@{s.commit[:12]}" for s in self.snapshots)
+        log.info(
+            "space: %s still to download of %s for %s; %s free on %s",
+            weights.human_bytes(needed),
+            weights.human_bytes(total),
+            what,
+            weights.human_bytes(free),
+            self.root,
+        )
+        if needed <= free:
+            return
+        others = _other_snapshots(self.root, {s.path for s in self.snapshots})
+        hint = ""
+        if others:
+            listed = ", ".join(f"{name} ({weights.human_bytes(size)})" for name, size in others[:5])
+            hint = f" Snapshots on this volume you may no longer serve: {listed}."
+        raise NotEnoughSpaceError(
+            f"not enough space on {self.root}: {what} needs {weights.human_bytes(needed)} more "
+            f"({len(todo)} files, {weights.human_bytes(total)} in all) but only {weights.human_bytes(free)} is free. "
+            f"Grow the weights volume (spec.weights.size, at least {weights.human_bytes(total * 1.1)} for this "
+            f"snapshot with headroom) or free space on it.{hint}"
+        )
+
+    # ---- download
+    def _download_all(self, todo: list[_Job], states: dict[str, _State]) -> None:
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        headers = build_hf_headers(token=self.token or False, library_name="kimi-operator", library_version=__version__)
+        ordered = sorted(todo, key=lambda j: (j.on_disk == 0, j.snap.repo, j.rf.name))  # resume partials first
+        self._pool(ordered, lambda j: self._download(j, states[j.snap.commit], headers))
+
+    def _pool(self, jobs: list[_Job], fn: Callable[[_Job], None]) -> None:
+        """Run fn over jobs with `concurrency` threads; the first failure stops the others (partials are kept)."""
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool:
+            futures: list[Future[None]] = [pool.submit(fn, j) for j in jobs]
+            try:
+                while True:
+                    done, pending = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
+                    failed = [f for f in done if f.exception() is not None]
+                    if failed or not pending or self.stop.is_set():
+                        break
+            finally:
+                if not all(f.done() for f in futures):
+                    self.stop.set()
+                    for f in futures:
+                        f.cancel()
+        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
+        real = [e for e in errors if not isinstance(e, _CancelledError)]
+        if real:
+            raise real[0]
+        if errors or self.stop.is_set():
+            raise FetchError("stopped (terminated); partial files are kept and the next run resumes them")
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise _CancelledError
+
+    def _download(self, job: _Job, state: _State, headers: dict[str, str]) -> None:
+        import httpx2
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError
+        from huggingface_hub.file_download import http_get
+
+        rf, snap = job.rf, job.snap
+        part = snap.partial(rf)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        url = hf_hub_url(snap.repo, rf.name, revision=snap.commit, endpoint=self.endpoint)
+        attempts = mismatches = 0
+        delay = 1.0  # doubled before the first wait: 2, 4, 8 ... 60 s
+        digest: _Digest | None = None
+        while True:
+            if self.stop.is_set():
+                raise _CancelledError
+            writer: _Writer | None = None
+            try:
+                have = part.stat().st_size if part.exists() else 0
+                if have > rf.size:
+                    part.unlink()
+                    have = 0
+                if digest is None or digest.n != have:
+                    digest = _Digest(rf)
+                    if have:
+                        _hash_into(digest, part, have, self.stop, lambda _n: None)
+                job.on_disk = have
+                with part.open("ab") as f:
+                    writer = _Writer(f, part, digest, job, self.tracker, self.stop)
+                    if have < rf.size:
+                        if have:
+                            log.info(
+                                "%s: resuming at %s of %s",
+                                rf.name,
+                                weights.human_bytes(have),
+                                weights.human_bytes(rf.size),
+                            )
+                        http_get(url, cast(Any, writer), resume_size=have, headers=dict(headers), expected_size=rf.size)
+                    f.flush()
+                    os.fsync(f.fileno())
+                problem = digest.problem()
+                if problem is not None:
+                    mismatches += 1
+                    part.unlink(missing_ok=True)
+                    digest = None
+                    job.on_disk = 0
+                    if mismatches >= MAX_HASH_MISMATCHES:
+                        raise FetchError(
+                            f"{rf.name}: downloaded {mismatches} times and never matched the Hub's metadata "
+                            f"({problem}); something between here and the Hub corrupts data"
+                        )
+                    log.warning("%s: %s; discarded, downloading it again", rf.name, problem)
+                    continue
+                job.path.parent.mkdir(parents=True, exist_ok=True)
+                part.replace(job.path)
+                state.record(rf, digest.sha256.hexdigest(), digest.blob_id, job.path.stat())
+                job.on_disk = rf.size
+                job.done = True
+                log.debug("%s: done", rf.name)
+                return
+            except (_CancelledError, FetchError):
+                raise
+            except HfHubHTTPError as err:
+                status = _status(err)
+                if status in (401, 403, 404):
+                    raise self._classify(err, Target(snap.repo, snap.commit)) from None
+                failure: BaseException = err
+            except OSError as err:
+                if err.errno == errno.ENOSPC:
+                    raise NotEnoughSpaceError(
+                        f"the volume at {self.root} filled up while writing {rf.name}; grow it (spec.weights.size) "
+                        "or free space; the next run resumes"
+                    ) from None
+                failure = err
+            except httpx2.HTTPError as err:
+                failure = err
+            progressed = writer is not None and writer.written > 0
+            attempts = 1 if progressed else attempts + 1
+            if attempts >= self.max_attempts:
+                raise FetchError(f"{rf.name}: giving up after {attempts} attempts: {_one_line(failure)}")
+            delay = 2.0 if progressed else min(delay * 2, 60.0)
+            log.warning(
+                "%s: %s; retrying in %.0fs (attempt %d/%d)",
+                rf.name,
+                _one_line(failure),
+                delay,
+                attempts + 1,
+                self.max_attempts,
+            )
+            self._sleep(delay)
+
+    # ---- completion
+    def _complete(self, snap: Snapshot, state: _State) -> None:
+        problems: list[str] = []
+        files: dict[str, weights.ManifestFile] = {}
+        for rf in snap.files:
+            path = snap.path / rf.name
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                problems.append(f"{rf.name}: missing")
+                continue
+            rec = state.trusted(rf, st)
+            if rec is None:
+                problems.append(f"{rf.name}: not verified (size {st.st_size}, expected {rf.size})")
+                continue
+            files[rf.name] = weights.ManifestFile(size=st.st_size, sha256=str(rec["sha256"]))
+        if problems:
+            raise FetchError(f"{snap.repo}@{snap.commit}: verification failed: {'; '.join(problems[:5])}")
+        existing = None
+        with contextlib.suppress(ValueError):
+            existing = weights.read_manifest(snap.path)
+        if existing is not None and existing.commit == snap.commit and existing.files == files:
+            log.info("%s@%s: already complete (%s)", snap.repo, snap.commit, existing.completed_at)
+        else:
+            manifest = weights.CompletionManifest(
+                repo=snap.repo,
+                commit=snap.commit,
+                revision=snap.revision,
+                files=files,
+                completed_at=_now(),
+                fetcher=f"kimi-operator {__version__}",
+            )
+            weights.atomic_write(snap.path / weights.MANIFEST_NAME, manifest.to_json())
+            log.info(
+                "%s@%s: complete and verified, %d files, %s",
+                snap.repo,
+                snap.commit,
+                len(files),
+                weights.human_bytes(manifest.total_bytes),
+            )
+        shutil.rmtree(snap.meta_dir / _PARTIAL_DIR, ignore_errors=True)
+        ref = Path(weights.ref_file(str(self.root), snap.repo, snap.revision))
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        weights.atomic_write(ref, snap.commit + "\n")
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_HF_CONFIGURED = False
+
+
+def _configure_huggingface_hub() -> None:
+    """Generous timeouts, no progress bars (we report our own), library logs through ours (and the scrubber)."""
+    global _HF_CONFIGURED
+    if _HF_CONFIGURED:
+        return
+    from huggingface_hub import constants
+    from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]
+
+    if not os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT"):
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = DOWNLOAD_TIMEOUT_S
+    if not os.environ.get("HF_HUB_ETAG_TIMEOUT"):
+        constants.HF_HUB_ETAG_TIMEOUT = DOWNLOAD_TIMEOUT_S
+    disable_progress_bars()
+    hf_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hf_logger.handlers):
+        hf_logger.removeHandler(handler)
+    hf_logger.propagate = True
+    hf_logger.setLevel(logging.WARNING)
+    _HF_CONFIGURED = True
+
+
+# ------------------------------------------------------------------------------------------------ API and CLI
+
+
+def fetch(
+    repo: str,
+    revision: str = "main",
+    root: str = "/models",
+    *,
+    concurrency: int = 8,
+    draft_repo: str | None = None,
+    draft_revision: str = "main",
+    token: str | None = None,
+    endpoint: str | None = None,
+    verify: Verify = "fast",
+    progress_file: str | None = None,
+    progress_interval: float = 10.0,
+    pod: tuple[str, str] | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> list[Snapshot]:
+    """Fetch repo@revision (and the optional draft model) into ``root``; returns the complete snapshots.
+
+    Raises FetchError (exit_code 1), BadRequestError (2) or NotEnoughSpaceError (3).
+    ``pod`` = (name, namespace) of a pod to annotate with the progress record.
+    """
+    targets = [Target(repo, revision)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
+    sinks: list[Callable[[FetchProgress], None]] = []
+    if progress_file:
+        sinks.append(_progress_file_sink(progress_file))
+    if pod is not None:
+        sinks.append(PodAnnotator(*pod))
+    fetcher = Fetcher(
+        targets,
+        root,
+        concurrency=concurrency,
+        token=token,
+        endpoint=endpoint,
+        verify=verify,
+        progress_interval=progress_interval,
+        sinks=sinks,
+        max_attempts=max_attempts,
     )
-    files = [p for p in target.rglob("*") if p.is_file() and ".cache" not in p.parts]
-    total = sum(p.stat().st_size for p in files)
-    marker.write_text(json.dumps({"repo": repo, "revision": revision, "files": len(files), "bytes": total}, indent=2))
-    log.info("%s@%s: %d files, %d bytes in %.0fs", repo, revision, len(files), total, time.monotonic() - started)
-    return target
+    return fetcher.run()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        on_signal(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _write_termination_log(path: str, data: dict[str, Any]) -> None:
+    """Kubernetes shows this file's content as the container's termination message (operator can read it)."""
+    if not path or not Path(path).exists() or not os.access(path, os.W_OK):
+        return
+    with contextlib.suppress(OSError):
+        Path(path).write_text(json.dumps(data, separators=(",", ":"))[:4000])
+
+
+def main(
+    repo: str,
+    revision: str,
+    root: str,
+    *,
+    concurrency: int = 8,
+    draft_repo: str = "",
+    draft_revision: str = "main",
+    progress_file: str = "",
+    progress_interval: float = 10.0,
+    verify: Verify = "fast",
+    termination_log: str = "/dev/termination-log",
+    max_attempts: int = MAX_ATTEMPTS,
+) -> int:
+    """The `kimi-operator fetch` command: environment in, logs and exit code out. Never prints the token."""
+    token = os.environ.get("HF_TOKEN") or None
+    scrub = Scrubber([token])
+    _setup_logging(scrub)
+    pod_name, pod_ns = os.environ.get("POD_NAME", ""), os.environ.get("POD_NAMESPACE", "")
+    targets = [Target(repo, revision)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
+    log.info(
+        "kimi-operator %s fetch: %s into %s (concurrency %d, verify %s, token %s, endpoint %s)",
+        __version__,
+        ", ".join(f"{t.repo}@{t.revision}" for t in targets),
+        root,
+        concurrency,
+        verify,
+        "from HF_TOKEN" if token else "none",
+        os.environ.get("HF_ENDPOINT") or "https://huggingface.co",
+    )
+    sinks: list[Callable[[FetchProgress], None]] = []
+    try:
+        if progress_file:
+            sinks.append(_progress_file_sink(progress_file))
+        if pod_name and pod_ns:
+            sinks.append(PodAnnotator(pod_name, pod_ns))
+        fetcher = Fetcher(
+            targets,
+            root,
+            concurrency=concurrency,
+            token=token,
+            verify=verify,
+            progress_interval=progress_interval,
+            sinks=sinks,
+            scrub=scrub,
+            max_attempts=max_attempts,
+        )
+
+        def on_signal(signum: int) -> None:
+            log.warning("received %s: stopping; partial files are kept for the next run", signal.Signals(signum).name)
+            fetcher.stop.set()
+
+        with _stop_on_signals(on_signal):
+            snapshots = fetcher.run()
+    except FetchError as err:
+        message = scrub(err.message)
+        log.error("fetch failed (exit %d): %s", err.exit_code, message)
+        _write_termination_log(termination_log, {"exitCode": err.exit_code, "error": message})
+        return err.exit_code
+    except _CancelledError:
+        log.error("fetch stopped")
+        return EXIT_FAILED
+    except Exception as err:
+        log.error("fetch failed: %s", scrub("".join(traceback.format_exception(err))))
+        _write_termination_log(termination_log, {"exitCode": EXIT_FAILED, "error": scrub(_one_line(err))})
+        return EXIT_FAILED
+    result = {"snapshots": [s.summary() for s in snapshots]}
+    _write_termination_log(termination_log, result)
+    print(json.dumps(result, separators=(",", ":")), flush=True)
+    return EXIT_OK
+
+
+def _setup_logging(scrub: Scrubber) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(stream)
+    root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        handler.addFilter(ScrubFilter(scrub))
+    logging.captureWarnings(True)
+    for noisy in ("urllib3", "kubernetes", "httpx2", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -67,6 +67,7 @@ def _owner(labels: Mapping[str, str], namespace: str | None, memo: Any) -> None:
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
-@kopf.on.event("", "v1", "pods", labels={**MANAGED, render.COMPONENT_LABEL: "server"})
+@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, render.WORKLOAD_LABEL: kopf.PRESENT})
 def child_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
     _owner(labels, namespace, memo)

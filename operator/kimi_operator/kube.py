@@ -43,7 +43,9 @@ CHILD_TYPES: dict[str, ResourceType] = {
     "Deployment": ResourceType("apps/v1", "Deployment", "deployments"),
     "Service": ResourceType("v1", "Service", "services"),
     "PodDisruptionBudget": ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    "LeaderWorkerSet": ResourceType("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
 }
+OPTIONAL_KINDS = frozenset({"LeaderWorkerSet"})  # CRDs a cluster may not have
 PODS = ResourceType("v1", "Pod", "pods")
 EVENTS = ResourceType("v1", "Event", "events")
 
@@ -118,12 +120,21 @@ class Kube:
     def get_kd(self, namespace: str, name: str) -> Manifest | None:
         return self.get(KD, namespace, name)
 
-    def list_children(self, namespace: str, selector: str) -> dict[tuple[str, str], Manifest]:
+    def list_children(self, namespace: str, selector: str) -> tuple[dict[tuple[str, str], Manifest], set[str]]:
+        """The children with these labels, and the optional kinds whose API the cluster does not serve."""
         children: dict[tuple[str, str], Manifest] = {}
+        missing: set[str] = set()
         for kind, rtype in CHILD_TYPES.items():
-            for item in self.list_of(rtype, namespace, selector):
+            try:
+                items = self.list_of(rtype, namespace, selector)
+            except KubeError as err:
+                if err.status == 404 and kind in OPTIONAL_KINDS:
+                    missing.add(kind)
+                    continue
+                raise
+            for item in items:
                 children[(kind, item["metadata"]["name"])] = item
-        return children
+        return children, missing
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         return self.list_of(PODS, namespace, selector)

@@ -108,7 +108,7 @@ class _Options:
     fraction: float
     kv_element_bytes: int
     dp_attention: bool
-    expert_parallel: bool
+    expert_parallel: bool | None
 
 
 def gib(n: int) -> str:
@@ -129,7 +129,9 @@ def evaluate(
     gpus = nodes * gpus_per_node
     tp = gpus
     dp = _attention_dp(acc, tp, opts.dp_attention)
-    ep = tp if opts.expert_parallel else 1
+    # Plain EP (not DeepEP) shards experts across every GPU of the replica; across nodes it keeps the MoE
+    # traffic to one all-to-all per layer instead of TP all-reduces over the inter-node network.
+    ep = tp if opts.expert_parallel or (opts.expert_parallel is None and nodes > 1) else 1
     weights = math.ceil(ckpt.weights_bytes / gpus)
     static = int(acc.memory_bytes * opts.fraction)
     kv_budget = static - weights
@@ -165,6 +167,26 @@ def evaluate(
     )
 
 
+def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> None:
+    """Refuse engine options the checkpoint is known not to work with (catalog quirks, with their source)."""
+    joined = " ".join(extra_args)
+    if not ckpt.deepep_supported and "deepep" in joined and "--moe-a2a-backend" in joined:
+        quirk = ckpt.quirks[0]
+        raise PlanError(
+            "UnsupportedByCheckpoint",
+            f"{ckpt.repo}: {quirk.text} ({quirk.source}); remove --moe-a2a-backend deepep from engine.extraArgs",
+        )
+    if not ckpt.pipeline_parallel_supported and any(
+        a.split("=")[0] in ("--pp-size", "--pipeline-parallel-size") for a in extra_args
+    ):
+        quirk = next(q for q in ckpt.quirks if "pipeline" in q.text)
+        raise PlanError(
+            "UnsupportedByCheckpoint",
+            f"{ckpt.repo}: {quirk.text} ({quirk.source}); remove --pp-size and let the planner use more nodes "
+            "with tensor/expert parallelism instead",
+        )
+
+
 def _volume_size(weights_bytes: int) -> str:
     """Checkpoint size plus 15% headroom (partial files during a resume, a second revision's config files)."""
     return f"{math.ceil(weights_bytes * 1.15 / catalog.GIB)}Gi"
@@ -188,6 +210,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         )
     eng = spec.engine
     notes: list[str] = []
+    _check_engine_quirks(ckpt, eng.extra_args)
     context = eng.context_length or ckpt.max_context
     if context > ckpt.max_context:
         raise PlanError(

@@ -35,6 +35,9 @@ WARNING_REASONS = frozenset(
     }
 )
 CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready")
+LWS_MIN_VERSION = "v0.10.0"
+LWS_MANIFESTS = f"https://github.com/kubernetes-sigs/lws/releases/download/{LWS_MIN_VERSION}/manifests.yaml"
+WORKLOAD_KINDS = {"Deployment": "deployment", "LeaderWorkerSet": "leaderworkerset"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Observed:
     body: dict[str, Any]
     children: dict[ChildKey, Manifest]
     pods: list[Manifest] = field(default_factory=list)
+    lws_installed: bool = True
 
 
 def is_subset(desired: Any, observed: Any) -> bool:
@@ -242,13 +246,15 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         p = plan(spec)
     except PlanError as err:
         return _refused(body, err.reason, err.message, now, generation)
-    if p.nodes_per_replica > 1:
+    multi = p.nodes_per_replica > 1
+    if multi and not observed.lws_installed:
         return _refused(
             body,
-            "MultiNodeNotSupported",
-            f"the plan needs {p.nodes_per_replica} nodes per replica ({p.summary}); multi-node replicas are not "
-            "supported by this operator version yet: use an accelerator whose single node fits (see "
-            "`kimi-operator plan`)",
+            "LeaderWorkerSetNotInstalled",
+            f"the plan needs {p.nodes_per_replica} nodes per replica ({p.summary}), which runs as a "
+            "LeaderWorkerSet, but the leaderworkerset.x-k8s.io/v1 CRD is not installed; install LeaderWorkerSet "
+            f"{LWS_MIN_VERSION} or later (kubectl apply --server-side -f {LWS_MANIFESTS}) or choose a layout that "
+            "fits one node (kimi-operator plan)",
             now,
             generation,
         )
@@ -265,9 +271,18 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         desired.append(render.pvc(ctx))
     if not weights.ready:
         desired.append(render.fetch_job(ctx))
-    deployment_key = ("Deployment", names.deployment)
-    if weights.ready:
-        desired.append(render.deployment(ctx))
+    workload_key = ("LeaderWorkerSet" if multi else "Deployment", names.deployment)
+    other_key = ("Deployment" if multi else "LeaderWorkerSet", names.deployment)
+    other_pods = [
+        pod
+        for pod in observed.pods
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(render.WORKLOAD_LABEL) == WORKLOAD_KINDS[other_key[0]]
+    ]
+    # Switching between one node and several: the old workload goes first and its pods must be gone before the
+    # new one asks for GPUs, so the two never hold GPUs at the same time.
+    switching = other_key in observed.children or bool(other_pods)
+    if weights.ready and not switching:
+        desired.append(render.workload(ctx))
     desired += render.services(ctx)
     if spec.replicas > 1:
         desired.append(render.pdb(ctx))
@@ -294,14 +309,14 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     for k in observed.children:
         if k in desired_keys or k[0] == "PersistentVolumeClaim":
             continue
-        if k == deployment_key and not weights.ready:
+        if k in (workload_key, other_key) and not weights.ready:
             continue  # keep serving the previous snapshot while a new revision downloads
         if k[0] == "Job" and weights.ready and old_status.get("weights", {}).get("completedKey") != key:
             continue  # delete the finished Job only once its completion is recorded in status
         actions.delete.append(k)
         actions.explanation.append(f"delete {k[0]}/{k[1]} (no longer wanted)")
 
-    return _status(body, spec, p, observed, weights, actions, names, now)
+    return _status(body, spec, p, observed, weights, actions, workload_key, switching, now)
 
 
 def _status(
@@ -311,22 +326,25 @@ def _status(
     observed: Observed,
     weights: _Weights,
     actions: Actions,
-    names: render.Names,
+    workload_key: ChildKey,
+    switching: bool,
     now: str,
 ) -> Actions:
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation", 0)
     old_weights = (body.get("status") or {}).get("weights") or {}
-    dep = observed.children.get(("Deployment", names.deployment))
+    names = render.names(name, spec)
+    dep = observed.children.get(workload_key)
     dep_status = (dep or {}).get("status") or {}
     desired = spec.replicas
     current = int(dep_status.get("replicas") or 0)
     ready = int(dep_status.get("readyReplicas") or 0)
     updated = int(dep_status.get("updatedReplicas") or 0)
-    dep_changing = any(_key(m) == ("Deployment", names.deployment) for m in actions.apply)
-    dep_current = dep is not None and (dep_status.get("observedGeneration") or 0) >= (
-        dep["metadata"].get("generation") or 0
-    )
+    dep_changing = any(_key(m) == workload_key for m in actions.apply)
+    # The workload controller has seen the latest spec (a status without observedGeneration is taken as current;
+    # this reconcile's own apply is tracked by dep_changing).
+    generation_seen = dep_status.get("observedGeneration", (dep or {}).get("metadata", {}).get("generation") or 0)
+    dep_current = dep is not None and generation_seen >= (dep["metadata"].get("generation") or 0)
     rolled_out = (
         weights.ready
         and dep_current
@@ -353,6 +371,11 @@ def _status(
         )
     elif rolled_out:
         reason, msg = ("Ready", f"{ready}/{desired} replicas ready") if desired else ("ScaledToZero", "replicas is 0")
+    elif switching:
+        reason, msg = "SwitchingTopology", (
+            f"moving to {p.summary}: the previous workload is removed and its pods drain before the new one "
+            "requests GPUs"
+        )
     elif unschedulable:
         reason, msg = "Unschedulable", f"serving pods cannot be scheduled: {unschedulable}"
     elif updated < desired or dep_changing or not dep_current:

@@ -23,6 +23,8 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 RETAIN_ANNOTATION = "kimi-operator.dev/retain-on-delete"
 WEIGHTS_KEY_ANNOTATION = "kimi-operator.dev/weights-key"
+WORKLOAD_LABEL = "kimi-operator.dev/workload"  # deployment | leaderworkerset, on engine pods
+ENGINE_COMPONENTS = ("server", "worker")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ def selector_string(owner_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector(owner_name).items())
 
 
+def engine_pods_selector(owner_name: str) -> str:
+    """Every engine pod of a KimiDeployment: single-node pods, LWS leaders and LWS workers."""
+    return f"{INSTANCE_LABEL}={owner_name},{COMPONENT_LABEL} in ({','.join(ENGINE_COMPONENTS)})"
+
+
 def children_selector(owner_name: str) -> str:
     return f"{INSTANCE_LABEL}={owner_name},{MANAGED_BY_LABEL}={MANAGED_BY}"
 
@@ -137,13 +144,14 @@ def _node_selector(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, str]:
 
 def context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig) -> dict[str, Any]:
     n = names(owner.name, spec)
-    return {
+    ctx: dict[str, Any] = {
         "namespace": owner.namespace,
         "names": n,
         "spec": spec,
         "plan": plan,
         "owner_refs": [owner.ref()],
         "labels": lambda component: labels(owner.name, component),
+        "pod_labels": lambda component, workload: {**labels(owner.name, component), WORKLOAD_LABEL: workload},
         "selector": selector(owner.name),
         "operator_image": config.operator_image,
         "models_mount": sglang.MODELS_MOUNT,
@@ -160,7 +168,6 @@ def context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: Operator
             sglang.snapshot_path(plan.repo, plan.revision),
             *(["--draft-repo", spec.engine.speculative.draft_repo] if spec.engine.speculative is not None else []),
         ],
-        "command": sglang.command(plan, spec),
         "env": sglang.env(plan, spec),
         "probes": sglang.probes(plan),
         "lifecycle": sglang.lifecycle(),
@@ -169,6 +176,13 @@ def context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: Operator
         "tolerations": [t.wire() for t in spec.topology.tolerations],
         "termination_grace": sglang.TERMINATION_GRACE_SECONDS,
     }
+
+    def pod_spec(role: str) -> Manifest:
+        command = sglang.command(plan, spec, multi_node=role != "single")
+        return _render("engine-pod.yaml.j2", {**ctx, "role": role, "role_command": command})
+
+    ctx["pod_spec"] = pod_spec
+    return ctx
 
 
 def pvc(ctx: dict[str, Any]) -> Manifest:
@@ -181,6 +195,16 @@ def fetch_job(ctx: dict[str, Any]) -> Manifest:
 
 def deployment(ctx: dict[str, Any]) -> Manifest:
     return _render("deployment.yaml.j2", ctx)
+
+
+def leaderworkerset(ctx: dict[str, Any]) -> Manifest:
+    return _render("leaderworkerset.yaml.j2", ctx)
+
+
+def workload(ctx: dict[str, Any]) -> Manifest:
+    """The serving workload: a Deployment for one node per replica, a LeaderWorkerSet for several."""
+    plan: Plan = ctx["plan"]
+    return leaderworkerset(ctx) if plan.nodes_per_replica > 1 else deployment(ctx)
 
 
 def services(ctx: dict[str, Any]) -> list[Manifest]:
@@ -202,7 +226,7 @@ def render_all(
     if not weights_ready:
         out.append(fetch_job(ctx))
     else:
-        out.append(deployment(ctx))
+        out.append(workload(ctx))
     out += services(ctx)
     if spec.replicas > 1:
         out.append(pdb(ctx))

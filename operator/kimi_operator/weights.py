@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import quote
 
 PROGRESS_ANNOTATION = "kimi-operator.dev/fetch-progress"
 MANIFEST_NAME = ".kimi-operator-complete.json"
@@ -84,13 +85,15 @@ def snapshot_dir(root: str, repo: str, commit: str) -> str:
     validate_repo(repo)
     if not COMMIT_RE.fullmatch(commit):
         raise ValueError(f"not a 40-hex commit: {commit!r}")
-    return f"{root.rstrip('/') or '/'}/{repo}/{commit}".replace("//", "/")
+    return f"{root.rstrip('/')}/{repo}/{commit}"
 
 
 def ref_file(root: str, repo: str, revision: str) -> str:
     """The file recording which commit ``revision`` (branch, tag or commit) resolved to at the last fetch."""
     validate_repo(repo)
-    safe = revision.replace("%", "%25").replace("/", "%2F")
+    safe = quote(revision, safe="")
+    if safe.startswith("."):
+        safe = "%2E" + safe[1:]
     return f"{root.rstrip('/')}/{repo}/{REFS_DIR}/{safe}"
 
 
@@ -204,7 +207,7 @@ def human_bytes(n: float) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -224,6 +227,8 @@ def _pair(done: int, total: int) -> str:
 
 def format_progress(rec: FetchProgress) -> str:
     """One line for people: '37% (220/595 GB, 412 MB/s, ETA 15m)'."""
+    if rec.bytes_total <= 0 and rec.phase not in ("complete", "failed"):
+        return f"{rec.phase}: {rec.message}" if rec.message else rec.phase
     size = _pair(rec.bytes_done, rec.bytes_total)
     if rec.phase == "complete":
         return f"100% ({size}, complete)"
@@ -327,7 +332,7 @@ def read_manifest(directory: str | Path) -> CompletionManifest | None:
 
 def sha256_file(path: str | Path, chunk: int = 8 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with Path(path).open("rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -382,8 +387,8 @@ def atomic_write(path: str | Path, text: str) -> None:
     """Write a small file so readers see the old or the new content, never a torn one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    with tmp.open("w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp.replace(path)

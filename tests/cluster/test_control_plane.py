@@ -12,17 +12,28 @@ import urllib.request
 from typing import Any
 
 import pytest
-from kimi_testbed.cluster import Cluster
-from kimi_testbed.harness import Harness
-from kimi_testbed.procs import pid_alive, port_open
-from kimi_testbed.wait import NotYet, pods_summary, wait_for, wait_for_pods
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from kimi_testbed.cluster import Cluster
+from kimi_testbed.harness import Harness
+from kimi_testbed.procs import pid_alive, port_open
+from kimi_testbed.wait import NotYet, pods_summary, wait_for, wait_for_pods
+
 pytestmark = pytest.mark.cluster
 
 LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
+
+
+# The kubernetes client's models type every field Optional; these tests read what the API returned, so they
+# hold API handles (and hence models) as Any.
+def core_api(api: client.ApiClient) -> Any:
+    return client.CoreV1Api(api)
+
+
+def apps_api(api: client.ApiClient) -> Any:
+    return client.AppsV1Api(api)
 
 
 def deployment(name: str, replicas: int, gpus: int = 0, port: int | None = None) -> dict[str, Any]:
@@ -44,7 +55,7 @@ def deployment(name: str, replicas: int, gpus: int = 0, port: int | None = None)
 
 
 def test_nodes_are_ready_8_gpu_machines(kube_api: client.ApiClient) -> None:
-    nodes = client.CoreV1Api(kube_api).list_node(label_selector="type=kwok").items
+    nodes = core_api(kube_api).list_node(label_selector="type=kwok").items
     assert len(nodes) == 4
     for node in nodes:
         conditions = {c.type: c.status for c in node.status.conditions}
@@ -53,14 +64,12 @@ def test_nodes_are_ready_8_gpu_machines(kube_api: client.ApiClient) -> None:
         assert node.metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-H200"
         assert node.metadata.labels["nvidia.com/gpu.count"] == "8"
         assert not node.spec.taints
-        assert ipaddress.ip_network(node.spec.pod_cidr).subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+        assert ipaddress.IPv4Network(node.spec.pod_cidr).subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
 
 
-def test_8_gpu_pods_get_a_node_each_and_the_fifth_stays_pending(
-    kube_api: client.ApiClient, namespace: str
-) -> None:
-    core = client.CoreV1Api(kube_api)
-    client.AppsV1Api(kube_api).create_namespaced_deployment(namespace, deployment("gpu", replicas=5, gpus=8))
+def test_8_gpu_pods_get_a_node_each_and_the_fifth_stays_pending(kube_api: client.ApiClient, namespace: str) -> None:
+    core = core_api(kube_api)
+    apps_api(kube_api).create_namespaced_deployment(namespace, deployment("gpu", replicas=5, gpus=8))
     running = wait_for_pods(core, namespace, "app=gpu", 4, "Running", timeout=60)
     assert len({p.spec.node_name for p in running}) == 4
 
@@ -78,14 +87,12 @@ def test_8_gpu_pods_get_a_node_each_and_the_fifth_stays_pending(
 
 
 def test_deleting_owners_garbage_collects_children(kube_api: client.ApiClient, namespace: str) -> None:
-    core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
+    core, apps = core_api(kube_api), apps_api(kube_api)
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     child = {
         "metadata": {
             "name": "child",
-            "ownerReferences": [
-                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
-            ],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}],
         }
     }
     core.create_namespaced_config_map(namespace, child)
@@ -105,10 +112,8 @@ def test_deleting_owners_garbage_collects_children(kube_api: client.ApiClient, n
     wait_for(gone, 60, "the child ConfigMap, the ReplicaSet and its pods to be garbage-collected")
 
 
-def test_leaderworkerset_pods_get_their_env_from_the_lws_webhook(
-    kube_api: client.ApiClient, namespace: str
-) -> None:
-    core = client.CoreV1Api(kube_api)
+def test_leaderworkerset_pods_get_their_env_from_the_lws_webhook(kube_api: client.ApiClient, namespace: str) -> None:
+    core = core_api(kube_api)
     lws = {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
@@ -121,7 +126,8 @@ def test_leaderworkerset_pods_get_their_env_from_the_lws_webhook(
             },
         },
     }
-    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(*LWS[:2], namespace, LWS[2], lws)
+    custom: Any = client.CustomObjectsApi(kube_api)
+    custom.create_namespaced_custom_object(*LWS[:2], namespace, LWS[2], lws)
     pods = wait_for_pods(core, namespace, "leaderworkerset.sigs.k8s.io/name=kimi", 2, "Running")
     by_index = {p.metadata.labels["leaderworkerset.sigs.k8s.io/worker-index"]: p for p in pods}
     assert set(by_index) == {"0", "1"}
@@ -147,7 +153,7 @@ def test_job_pods_complete(kube_api: client.ApiClient, namespace: str) -> None:
             },
         },
     }
-    batch = client.BatchV1Api(kube_api)
+    batch: Any = client.BatchV1Api(kube_api)
     batch.create_namespaced_job(namespace, job)
 
     def complete() -> Any:
@@ -157,15 +163,13 @@ def test_job_pods_complete(kube_api: client.ApiClient, namespace: str) -> None:
 
     status = wait_for(complete, 60, "Job fetch Complete")
     assert status.succeeded == 1
-    (pod,) = client.CoreV1Api(kube_api).list_namespaced_pod(namespace, label_selector="job-name=fetch").items
+    (pod,) = core_api(kube_api).list_namespaced_pod(namespace, label_selector="job-name=fetch").items
     assert pod.status.phase == "Succeeded"
 
 
-def test_standin_engine_answers_on_the_pod_ip(
-    kube_api: client.ApiClient, namespace: str, standins: Harness
-) -> None:
-    core = client.CoreV1Api(kube_api)
-    client.AppsV1Api(kube_api).create_namespaced_deployment(namespace, deployment("kimi", 1, gpus=8, port=8000))
+def test_standin_engine_answers_on_the_pod_ip(kube_api: client.ApiClient, namespace: str, standins: Harness) -> None:
+    core = core_api(kube_api)
+    apps_api(kube_api).create_namespaced_deployment(namespace, deployment("kimi", 1, gpus=8, port=8000))
     (pod,) = wait_for_pods(core, namespace, "app=kimi", 1, "Running")
     ip = pod.status.pod_ip
     assert ipaddress.ip_address(ip) in ipaddress.ip_network("127.0.0.0/8")
@@ -178,10 +182,7 @@ def test_standin_engine_answers_on_the_pod_ip(
     with urllib.request.urlopen(f"http://{ip}:8000/metrics", timeout=5) as resp:
         text = resp.read().decode()
     queue = [
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "sglang:num_queue_reqs"
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "sglang:num_queue_reqs"
     ]
     assert queue == [12.0]
     engine.make_unhealthy()
@@ -190,7 +191,7 @@ def test_standin_engine_answers_on_the_pod_ip(
     assert err.value.code == 503
 
     # the pod goes away: so does its stand-in
-    client.AppsV1Api(kube_api).delete_namespaced_deployment("kimi", namespace)
+    apps_api(kube_api).delete_namespaced_deployment("kimi", namespace)
     wait_for(lambda: not standins.engines() or None, 30, "the stand-in to stop with its pod")
     assert not port_open(ip, 8000)
 
@@ -205,14 +206,14 @@ def test_two_clusters_run_side_by_side(cluster: Cluster) -> None:
             assert mine["pod_ip_range"] != theirs["pod_ip_range"]
         api = other.api_client()
         try:
-            nodes = client.CoreV1Api(api).list_node().items
+            nodes = core_api(api).list_node().items
             assert [n.metadata.labels["nvidia.com/gpu.product"] for n in nodes] == ["NVIDIA-H100-80GB-HBM3"]
             try:
-                client.CoreV1Api(api).read_namespace("t-from-the-first-cluster")
+                core_api(api).read_namespace("t-from-the-first-cluster")
             except ApiException as err:
                 assert err.status == 404
         finally:
-            api.close()
+            api.close()  # type: ignore[no-untyped-call]
         pids = [c["pid"] for c in theirs["components"].values()] + [theirs["supervisor_pid"]]
         ports = list(theirs["ports"].values())
     finally:

@@ -192,6 +192,7 @@ def test_unschedulable_pods_surface_in_ready() -> None:
     s.deployment_ready(1)
     s.pods = [
         {
+            "metadata": {"labels": {render.WORKLOAD_LABEL: "deployment"}},
             "status": {
                 "conditions": [
                     {
@@ -227,3 +228,63 @@ def test_subset_comparison() -> None:
     assert not reconcile.is_subset({"a": [1, 2]}, {"a": [1]})
     assert not reconcile.is_subset({"a": True}, {"a": 1})
     assert reconcile.is_subset({"a": "8"}, {"a": "8"})
+
+
+def _lws_ready(s: Server, ready: int) -> None:
+    lws = s.children[("LeaderWorkerSet", "kd")]
+    n = lws["spec"]["replicas"]
+    lws["status"] = {"replicas": n, "updatedReplicas": n, "readyReplicas": ready}
+
+
+def test_h100_runs_as_a_two_node_leaderworkerset() -> None:
+    s = Server({"topology": {"accelerator": "H100"}})
+    s.step()
+    s.job_succeeds()
+    actions = s.step()
+    assert _kinds(actions) == [("LeaderWorkerSet", "kd")]
+    lws = actions.apply[0]
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    assert lws["spec"]["leaderWorkerTemplate"]["restartPolicy"] == "RecreateGroupOnPodRestart"
+    assert lws["spec"]["startupPolicy"] == "LeaderCreated"
+    s.step()
+    _lws_ready(s, 1)
+    s.step()
+    assert _cond(s, "Ready")["status"] == "True"
+    assert s.body["status"]["plan"]["summary"] == "2x8 H100 TP16 EP16"
+    assert s.step().writes == 0
+
+
+def test_without_the_lws_crd_a_multi_node_plan_is_refused_and_nothing_is_created() -> None:
+    s = Server({"topology": {"accelerator": "H100"}})
+    actions = reconcile.decide(
+        reconcile.Observed(copy.deepcopy(s.body), {}, [], lws_installed=False), CONFIG, NOW
+    )
+    assert actions.apply == [] and actions.delete == []
+    ready = next(c for c in actions.status["conditions"] if c["type"] == "Ready") if actions.status else {}
+    assert ready["reason"] == "LeaderWorkerSetNotInstalled"
+    assert "kubectl apply --server-side -f" in ready["message"]
+
+
+def _pod(workload: str) -> dict[str, Any]:
+    return {"metadata": {"labels": {render.WORKLOAD_LABEL: workload}}, "status": {}}
+
+
+def test_switching_one_node_to_two_removes_the_old_workload_before_the_new_one_asks_for_gpus() -> None:
+    s = _serving()
+    s.pods = [_pod("deployment")]
+    s.set_spec(topology={"accelerator": "H200", "nodesPerReplica": 2})
+    first = s.step()
+    assert first.delete == [("Deployment", "kd")]
+    assert ("LeaderWorkerSet", "kd") not in [(m["kind"], m["metadata"]["name"]) for m in first.apply]
+    assert _cond(s, "Ready")["reason"] == "SwitchingTopology"
+    waiting = s.step()  # the Deployment is gone but its pod is still terminating
+    assert waiting.apply == []
+    s.pods = []
+    assert _kinds(s.step()) == [("LeaderWorkerSet", "kd")]
+
+    s.pods = [_pod("leaderworkerset")]
+    s.set_spec(topology={"accelerator": "H200", "nodesPerReplica": 1})
+    back = s.step()
+    assert back.delete == [("LeaderWorkerSet", "kd")] and back.apply == []
+    s.pods = []
+    assert _kinds(s.step()) == [("Deployment", "kd")]

@@ -196,6 +196,12 @@ class TopologySpec(ApiModel):
     affinity: dict[str, Any] | None = Field(
         default=None, description="A core/v1 Affinity, passed through unchanged to the engine pods."
     )
+    exclusive_topology_key: str = Field(
+        default="",
+        max_length=253,
+        description="Multi-node only: place each replica's pods alone in one domain of this node label (e.g. a "
+        "rack or NVLink domain label); LeaderWorkerSet's exclusive-topology placement.",
+    )
     priority_class_name: str | None = Field(default=None, max_length=253)
     scheduler_name: str | None = Field(default=None, max_length=253)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
@@ -241,7 +247,10 @@ class EngineSpec(ApiModel):
         default=False,
         description="DP attention: each rank keeps its own KV cache (higher throughput under many requests).",
     )
-    expert_parallel: bool = Field(default=False, description="Shard experts across GPUs (--ep-size = TP).")
+    expert_parallel: bool | None = Field(
+        default=None,
+        description="Shard experts across GPUs (--ep-size = TP). Default: on for multi-node replicas, off for one node.",
+    )
     speculative: SpeculativeSpec | None = None
     extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
         default_factory=list,

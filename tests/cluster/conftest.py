@@ -1,0 +1,41 @@
+"""Fixtures for the operator's cluster tests (the cluster itself comes from kimi_testbed.fixtures)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from .operator_proc import OperatorProcess
+from .support import CRD, GROUP, PLURAL, Env, Kubectl
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Any) -> Kubectl:
+    return Kubectl(Path(cluster.bin_dir) / "kubectl", Path(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl.run("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Any,
+    crd_installed: None,  # noqa: ARG001 - ordering: the CRD exists before the operator watches it
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(Path(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
+def env(kube_api: client.ApiClient, namespace: str, kubectl: Kubectl, operator: OperatorProcess) -> Env:
+    return Env(kube_api, namespace, kubectl, operator)
