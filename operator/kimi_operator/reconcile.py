@@ -35,7 +35,7 @@ WARNING_REASONS = frozenset(
     }
 )
 CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready")
-LWS_MIN_VERSION = "v0.10.0"
+LWS_MIN_VERSION = "v0.9.0"
 LWS_MANIFESTS = f"https://github.com/kubernetes-sigs/lws/releases/download/{LWS_MIN_VERSION}/manifests.yaml"
 WORKLOAD_KINDS = {"Deployment": "deployment", "LeaderWorkerSet": "leaderworkerset"}
 

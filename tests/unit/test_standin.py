@@ -24,12 +24,12 @@ def engine() -> Iterator[StandinEngine]:
         yield eng
 
 
-def get(url: str, timeout: float = 5.0) -> tuple[int, bytes, http.client.HTTPMessage]:
+def get(url: str, timeout: float = 5.0) -> tuple[int, bytes, dict[str, str]]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read(), resp.headers
+            return resp.status, resp.read(), dict(resp.headers.items())
     except urllib.error.HTTPError as err:
-        return err.code, err.read(), err.headers
+        return err.code, err.read(), dict(err.headers.items())
 
 
 def samples(engine: StandinEngine, name: str) -> list[tuple[dict[str, str], float]]:
