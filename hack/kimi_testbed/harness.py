@@ -228,6 +228,8 @@ class Harness:
                         timeout_seconds=1,
                         _request_timeout=10,
                     ):
+                        if isinstance(event["object"], dict):  # ERROR/BOOKMARK events carry a raw dict
+                            continue
                         if event["type"] == "DELETED":
                             self._forget(event["object"].metadata.uid)
                         elif event["type"] in ("ADDED", "MODIFIED"):

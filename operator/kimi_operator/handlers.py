@@ -2,6 +2,8 @@
 
 No handler here is change-detecting (on.create/update/delete), so kopf keeps no progress annotations and adds no
 finalizer: deleting a KimiDeployment never waits on the operator, and an idle KimiDeployment costs no writes.
+The handlers are async on purpose: they touch the asyncio work queue, which is not thread-safe (kopf runs sync
+handlers in a thread pool), and they do no I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prometheus_client import start_http_server
 
 from kimi_operator import render
 from kimi_operator.api.models import GROUP, PLURAL, VERSION
+from kimi_operator.autoscaler.runner import Autoscalers
 from kimi_operator.config import OperatorConfig
 from kimi_operator.controller import WorkQueue
 from kimi_operator.kube import Kube, load_client
@@ -31,9 +34,11 @@ async def startup(
     settings.watching.server_timeout = 300
     if config.metrics_port:
         start_http_server(config.metrics_port)
-    queue = WorkQueue(Kube(load_client()), config)
+    kube = Kube(load_client())
+    queue = WorkQueue(kube, config)
     queue.start()
     memo["queue"] = queue
+    memo["autoscalers"] = Autoscalers(kube)
     logger.info("kimi-operator started: %s workers, resync every %ss", config.workers, config.resync_seconds)
 
 
@@ -42,17 +47,26 @@ async def cleanup(memo: Any, **_: Any) -> None:
     queue: WorkQueue | None = memo.get("queue")
     if queue is not None:
         await queue.stop()
+    autoscalers: Autoscalers | None = memo.get("autoscalers")
+    if autoscalers is not None:
+        await autoscalers.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def kimideployment_event(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def kimideployment_event(
+    type: str, name: str, namespace: str | None, body: Mapping[str, Any], memo: Any, **_: Any
+) -> None:
     queue: WorkQueue = memo["queue"]
+    autoscalers: Autoscalers = memo["autoscalers"]
     if namespace is None:
         return
+    key = (namespace, name)
     if type == "DELETED":
-        queue.forget((namespace, name))
+        queue.forget(key)
+        autoscalers.sync(key, None)
     else:
-        queue.enqueue((namespace, name))
+        queue.enqueue(key)
+        autoscalers.sync(key, dict(body))
 
 
 def _owner(labels: Mapping[str, str], namespace: str | None, memo: Any) -> None:
@@ -69,5 +83,5 @@ def _owner(labels: Mapping[str, str], namespace: str | None, memo: Any) -> None:
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 @kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels={**MANAGED, render.WORKLOAD_LABEL: kopf.PRESENT})
-def child_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+async def child_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
     _owner(labels, namespace, memo)

@@ -163,6 +163,18 @@ class Kube:
             if err.status != 404:
                 raise
 
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        try:
+            self._call(
+                "PATCH",
+                PODS.path(namespace, name),
+                body={"metadata": {"annotations": annotations}},
+                content_type="application/merge-patch+json",
+            )
+        except KubeError as err:
+            if err.status != 404:
+                raise
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(
             "PATCH",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from kimi_operator.autoscaler.policy import Decision
 
 API_WRITES = Counter(
     "kimi_operator_api_writes",
@@ -17,3 +23,32 @@ RECONCILE_SECONDS = Histogram(
 )
 QUEUE_DEPTH = Gauge("kimi_operator_workqueue_depth", "KimiDeployments waiting to be reconciled")
 MANAGED = Gauge("kimi_operator_kimideployments", "KimiDeployments known to the operator")
+
+_KD = ["namespace", "name"]
+AUTOSCALER_QUEUE = Gauge("kimi_operator_autoscaler_queue_depth", "Queued requests summed over ready replicas", _KD)
+AUTOSCALER_RUNNING = Gauge("kimi_operator_autoscaler_running_requests", "Running requests over ready replicas", _KD)
+AUTOSCALER_DESIRED = Gauge("kimi_operator_autoscaler_desired_replicas", "Replicas the autoscaler wants", _KD)
+AUTOSCALER_READY = Gauge("kimi_operator_autoscaler_ready_replicas", "Ready replicas the autoscaler read", _KD)
+AUTOSCALER_SCRAPE_ERRORS = Counter(
+    "kimi_operator_autoscaler_scrape_errors", "Replica metrics that could not be read (never read as zero)", _KD
+)
+AUTOSCALER_DECISIONS = Counter("kimi_operator_autoscaler_decisions", "Autoscaler decisions by reason", [*_KD, "reason"])
+
+
+def observe_autoscaler(namespace: str, name: str, decision: Decision, ready: int, failures: int) -> None:
+    if decision.queue is not None:
+        AUTOSCALER_QUEUE.labels(namespace, name).set(decision.queue)
+    if decision.running is not None:
+        AUTOSCALER_RUNNING.labels(namespace, name).set(decision.running)
+    AUTOSCALER_DESIRED.labels(namespace, name).set(decision.desired)
+    AUTOSCALER_READY.labels(namespace, name).set(ready)
+    if failures:
+        AUTOSCALER_SCRAPE_ERRORS.labels(namespace, name).inc(failures)
+    AUTOSCALER_DECISIONS.labels(namespace, name, decision.reason).inc()
+
+
+def forget_autoscaler(namespace: str, name: str) -> None:
+    """Series vanish with their KimiDeployment (or when its autoscaling is turned off)."""
+    for gauge in (AUTOSCALER_QUEUE, AUTOSCALER_RUNNING, AUTOSCALER_DESIRED, AUTOSCALER_READY, AUTOSCALER_SCRAPE_ERRORS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

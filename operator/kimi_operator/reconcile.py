@@ -31,10 +31,13 @@ WARNING_REASONS = frozenset(
         "DoesNotFit",
         "FetchFailed",
         "Unschedulable",
-        "MultiNodeNotSupported",
+        "LeaderWorkerSetNotInstalled",
+        "UnsupportedByCheckpoint",
+        "MetricsUnavailable",
+        "NoReadyReplicas",
     }
 )
-CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready")
+CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready", "ScalingActive")
 LWS_MIN_VERSION = "v0.9.0"
 LWS_MANIFESTS = f"https://github.com/kubernetes-sigs/lws/releases/download/{LWS_MIN_VERSION}/manifests.yaml"
 WORKLOAD_KINDS = {"Deployment": "deployment", "LeaderWorkerSet": "leaderworkerset"}
@@ -265,7 +268,9 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     old_status = body.get("status") or {}
     job = observed.children.get(("Job", names.job))
     weights = _weights(old_status.get("weights") or {}, job, key, names.pvc)
-    ctx = render.context(owner, spec, p, config)
+    scaler = old_status.get("autoscaler") or {}
+    replicas = spec.effective_replicas(scaler.get("desiredReplicas"))
+    ctx = render.context(owner, spec, p, config, replicas=replicas)
     desired: list[Manifest] = []
     if not spec.weights.existing_claim_name:
         desired.append(render.pvc(ctx))
@@ -284,7 +289,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     if weights.ready and not switching:
         desired.append(render.workload(ctx))
     desired += render.services(ctx)
-    if spec.replicas > 1:
+    if replicas > 1:
         desired.append(render.pdb(ctx))
 
     actions = Actions()
@@ -316,7 +321,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         actions.delete.append(k)
         actions.explanation.append(f"delete {k[0]}/{k[1]} (no longer wanted)")
 
-    return _status(body, spec, p, observed, weights, actions, workload_key, switching, now)
+    return _status(body, spec, p, observed, weights, actions, workload_key, switching, replicas, now)
 
 
 def _status(
@@ -328,6 +333,7 @@ def _status(
     actions: Actions,
     workload_key: ChildKey,
     switching: bool,
+    replicas: int,
     now: str,
 ) -> Actions:
     meta = body["metadata"]
@@ -336,7 +342,7 @@ def _status(
     names = render.names(name, spec)
     dep = observed.children.get(workload_key)
     dep_status = (dep or {}).get("status") or {}
-    desired = spec.replicas
+    desired = replicas
     current = int(dep_status.get("replicas") or 0)
     ready = int(dep_status.get("readyReplicas") or 0)
     updated = int(dep_status.get("updatedReplicas") or 0)
@@ -372,9 +378,12 @@ def _status(
     elif rolled_out:
         reason, msg = ("Ready", f"{ready}/{desired} replicas ready") if desired else ("ScaledToZero", "replicas is 0")
     elif switching:
-        reason, msg = "SwitchingTopology", (
-            f"moving to {p.summary}: the previous workload is removed and its pods drain before the new one "
-            "requests GPUs"
+        reason, msg = (
+            "SwitchingTopology",
+            (
+                f"moving to {p.summary}: the previous workload is removed and its pods drain before the new one "
+                "requests GPUs"
+            ),
         )
     elif unschedulable:
         reason, msg = "Unschedulable", f"serving pods cannot be scheduled: {unschedulable}"
@@ -416,4 +425,18 @@ def _status(
         "weights": weights_status,
         "plan": _plan_status(p),
     }
-    return _finish(body, computed, [weights_cond, available, progressing, ready_cond], now, actions)
+    conditions = [weights_cond, available, progressing, ready_cond]
+    if spec.autoscaling.enabled:
+        conditions.append(_scaling_condition((body.get("status") or {}).get("autoscaler") or {}, generation))
+    return _finish(body, computed, conditions, now, actions)
+
+
+def _scaling_condition(scaler: dict[str, Any], generation: int) -> dict[str, Any]:
+    """ScalingActive (as the HPA names it): can the autoscaler read the load it scales on?"""
+    decision = str(scaler.get("lastDecision") or "")
+    reason = decision.split(":", 1)[0] or "Starting"
+    if reason in ("MetricsUnavailable", "NoReadyReplicas"):
+        return _condition("ScalingActive", False, reason, decision, generation)
+    if not decision:
+        return _condition("ScalingActive", None, "Starting", "no autoscaler decision yet", generation)
+    return _condition("ScalingActive", True, "QueueDepthRead", decision, generation)

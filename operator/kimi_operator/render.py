@@ -142,9 +142,13 @@ def _node_selector(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, str]:
     return sel
 
 
-def context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+def context(
+    owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig, *, replicas: int | None = None
+) -> dict[str, Any]:
+    """Everything the templates read. `replicas` is the autoscaler's count when it is on, else spec.replicas."""
     n = names(owner.name, spec)
     ctx: dict[str, Any] = {
+        "replicas": spec.replicas if replicas is None else replicas,
         "namespace": owner.namespace,
         "names": n,
         "spec": spec,
@@ -228,6 +232,6 @@ def render_all(
     else:
         out.append(workload(ctx))
     out += services(ctx)
-    if spec.replicas > 1:
+    if ctx["replicas"] > 1:
         out.append(pdb(ctx))
     return out

@@ -71,6 +71,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "engine.extraArgs: --enable-ep-moe was removed from SGLang; set engine.expertParallel: true",
         },
     ],
+    "spec.autoscaling": [
+        {
+            "rule": "self.minReplicas <= self.maxReplicas",
+            "message": "autoscaling: minReplicas must not exceed maxReplicas",
+        }
+    ],
     "spec.rollout": [
         {
             "rule": "self.maxSurge > 0 || self.maxUnavailable > 0",
@@ -208,12 +214,6 @@ def spec_schema() -> Schema:
 
 def status_schema() -> Schema:
     schema = _pydantic_schema(KimiDeploymentStatus)
-    # Filled by the autoscaler; kept open so new fields never fail a status patch on an older CRD.
-    schema["properties"]["autoscaler"] = {
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {"queueDepth": {"type": "integer"}},
-    }
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]

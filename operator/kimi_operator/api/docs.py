@@ -65,7 +65,9 @@ def render() -> str:
         "Conditions (metav1.Condition): `WeightsReady`, `Available`, `Progressing`, `Ready`. The `Ready` reason is",
         "the STATUS column of `kubectl get kd`: `Ready`, `DownloadingWeights`, `FetchFailed`, `RollingOut`, `Loading`,",
         "`Unschedulable`, `ScaledToZero`, `InvalidSpec`, `UnknownCheckpoint`, `UnknownAccelerator`, `ContextTooLong`,",
-        "`DoesNotFit`, `MultiNodeNotSupported`.",
+        "`DoesNotFit`, `UnsupportedByCheckpoint`, `LeaderWorkerSetNotInstalled`, `SwitchingTopology`.",
+        "With autoscaling on, a fifth condition `ScalingActive` says whether queue depth could be read",
+        "(`MetricsUnavailable` when not).",
         "",
     ]
     return "\n".join(out)

@@ -249,7 +249,7 @@ class EngineSpec(ApiModel):
     )
     expert_parallel: bool | None = Field(
         default=None,
-        description="Shard experts across GPUs (--ep-size = TP). Default: on for multi-node replicas, off for one node.",
+        description="Shard experts across GPUs (--ep-size = TP). Default: on for multi-node replicas, off for one.",
     )
     speculative: SpeculativeSpec | None = None
     extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
@@ -294,6 +294,60 @@ class RolloutSpec(ApiModel):
     max_unavailable: int = Field(default=1, ge=0, le=16, description="Replicas that may be down during a rollout.")
 
 
+class PrometheusSource(ApiModel):
+    """Read queue depth from a Prometheus server that already scrapes SGLang, instead of scraping the pods."""
+
+    url: str = Field(pattern=r"^https?://", max_length=512, description="Prometheus base URL.")
+    queue_query: str = Field(
+        default='sum by (pod) (sglang:num_queue_reqs{namespace="$NAMESPACE"})',
+        max_length=2048,
+        description="PromQL returning queued requests per pod (a `pod` label); $NAMESPACE and $NAME are replaced.",
+    )
+    running_query: str = Field(
+        default='sum by (pod) (sglang:num_running_reqs{namespace="$NAMESPACE"})',
+        max_length=2048,
+        description="PromQL returning running requests per pod (a `pod` label).",
+    )
+
+
+class AutoscalingSource(ApiModel):
+    """Where queue depth comes from: each ready leader's /metrics (default) or a Prometheus query."""
+
+    prometheus: PrometheusSource | None = None
+
+
+class AutoscalingSpec(ApiModel):
+    """Built-in autoscaling on SGLang's queue depth. While enabled, spec.replicas is ignored (never rewritten)."""
+
+    enabled: bool = False
+    min_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="At least one replica stays up: a scaled-to-zero model has no queue to read.",
+    )
+    max_replicas: int = Field(default=1, ge=1, le=64)
+    target_queue_depth: int = Field(
+        default=8, ge=1, le=10000, description="Queued requests per ready replica the autoscaler aims for."
+    )
+    tolerance_percent: int = Field(
+        default=10, ge=0, le=100, description="No change while queue per replica is within this band of the target."
+    )
+    scale_up_stabilization_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="A scale-up happens only if every recommendation in this window wanted it.",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=600, ge=0, le=86400, description="A scale-down happens only after this long with less load."
+    )
+    max_scale_up_step: int = Field(default=2, ge=1, le=64, description="Most replicas added by one decision.")
+    max_scale_down_step: int = Field(default=1, ge=1, le=64, description="Most replicas removed by one decision.")
+    interval_seconds: int = Field(default=15, ge=1, le=600, description="How often queue depth is read.")
+    source: AutoscalingSource = Field(default_factory=AutoscalingSource)
+
+
 class KimiDeploymentSpec(ApiModel):
     """Desired state of a KimiDeployment."""
 
@@ -302,8 +356,17 @@ class KimiDeploymentSpec(ApiModel):
     topology: TopologySpec = Field(default_factory=TopologySpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     replicas: int = Field(default=1, ge=0, le=64)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    def effective_replicas(self, autoscaler_desired: int | None) -> int:
+        """Replicas the workload should have: the autoscaler's decision when it is on, else spec.replicas."""
+        if not self.autoscaling.enabled:
+            return self.replicas
+        a = self.autoscaling
+        wanted = a.min_replicas if autoscaler_desired is None else autoscaler_desired
+        return max(a.min_replicas, min(a.max_replicas, wanted))
 
 
 # ----------------------------------------------------------------------------------------------- status
@@ -360,6 +423,18 @@ class PlanStatus(ApiModel):
     startup_budget_seconds: int | None = None
 
 
+class AutoscalerStatus(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    queue_depth: int | None = None
+    running_requests: int | None = None
+    desired_replicas: int | None = None
+    last_scale_time: str | None = None
+    last_decision: str | None = None
+    source: str | None = None
+    scrape_errors: int | None = None
+
+
 class KimiDeploymentStatus(ApiModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -375,3 +450,4 @@ class KimiDeploymentStatus(ApiModel):
     model: ModelStatus | None = None
     weights: WeightsStatus | None = None
     plan: PlanStatus | None = None
+    autoscaler: AutoscalerStatus | None = None

@@ -1,0 +1,91 @@
+"""Built-in autoscaling against stand-in engines (SGLang test doubles) listening on the simulated pods' IPs.
+
+The windows are shortened (seconds instead of minutes) so the tests run quickly; the policy's behaviour over real
+windows is covered on traces in tests/unit/test_autoscaler_policy.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kimi_testbed.harness import Harness
+from kimi_testbed.wait import NotYet, wait_for
+
+from .support import Env, go_ready
+
+pytestmark = pytest.mark.cluster
+
+FAST = {
+    "enabled": True,
+    "minReplicas": 1,
+    "maxReplicas": 3,
+    "targetQueueDepth": 4,
+    "scaleUpStabilizationSeconds": 0,
+    "scaleDownStabilizationSeconds": 4,
+    "maxScaleUpStep": 2,
+    "intervalSeconds": 1,
+}
+
+
+def server_pods(env: Env, name: str) -> list[dict[str, Any]]:
+    sel = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=server"
+    return [p for p in env.items("Pod", sel) if not p["metadata"].get("deletionTimestamp")]
+
+
+def replicas(env: Env, name: str) -> int:
+    return int(env.read("Deployment", name)["spec"]["replicas"])
+
+
+def wait_replicas(env: Env, name: str, n: int, timeout: float = 60) -> None:
+    def check() -> bool | NotYet:
+        got = replicas(env, name)
+        return got == n or NotYet({"deployment": got, "autoscaler": env.get(name)["status"].get("autoscaler")})
+
+    wait_for(check, timeout=timeout, what=f"Deployment {name} at {n} replicas")
+
+
+def test_queue_depth_scales_up_then_draining_scales_down_without_touching_spec(env: Env, standins: Harness) -> None:
+    go_ready(env, "auto", autoscaling=FAST)
+    generation = env.get("auto")["metadata"]["generation"]
+    first = server_pods(env, "auto")[0]["metadata"]["name"]
+    standins.engine(first).queue_depth = 20  # 20 queued / target 4 -> wants 5, max 3, step 2: 1 -> 3
+    wait_replicas(env, "auto", 3)
+    status = env.get("auto")["status"]["autoscaler"]
+    assert status["desiredReplicas"] == 3 and status["queueDepth"] >= 20
+    kd = env.get("auto")
+    assert kd["spec"]["replicas"] == 1 and kd["metadata"]["generation"] == generation, "the spec must not change"
+    assert ("Normal", "ScaledUp") in env.events("auto")
+    env.wait_condition("auto", "Ready", "True", "Ready", timeout=60)
+
+    # drain: the busy one keeps running requests, the other two go idle -> one at a time, idle first
+    engines = standins.wait_for_engines(3)
+    for pod, eng in engines.items():
+        eng.queue_depth = 0
+        eng.running_requests = 5 if pod.endswith(first) else 0
+    wait_replicas(env, "auto", 1, timeout=90)
+    assert [p["metadata"]["name"] for p in server_pods(env, "auto")] == [first], "an idle replica survived"
+    assert ("Normal", "ScaledDown") in env.events("auto")
+    cond = env.condition("auto", "ScalingActive")
+    assert cond is not None and cond["status"] == "True"
+
+
+def test_a_silent_engine_is_not_read_as_idle(env: Env, standins: Harness) -> None:
+    go_ready(env, "quiet", autoscaling={**FAST, "minReplicas": 1})
+    pod = server_pods(env, "quiet")[0]["metadata"]["name"]
+    standins.engine(pod).queue_depth = 6  # above target: 1 -> 2
+    wait_replicas(env, "quiet", 2)
+    for eng in standins.wait_for_engines(2).values():
+        eng.queue_depth = 0
+        eng.running_requests = 0
+        eng.make_silent()
+    env.wait_condition("quiet", "ScalingActive", "False", "MetricsUnavailable", timeout=30)
+    # well past the 4 s scale-down window: silence never reads as zero load
+    for _ in range(3):
+        wait_for(lambda: env.get("quiet")["status"]["autoscaler"].get("scrapeErrors", 0) > 0 or None, 10, "errors")
+    assert replicas(env, "quiet") == 2
+    wait_for(lambda: ("Warning", "MetricsUnavailable") in env.events("quiet") or None, 30, "a Warning event")
+    assert "queueDepth" not in env.get("quiet")["status"]["autoscaler"]
+    m = env.op.metrics()
+    assert 'kimi_operator_autoscaler_scrape_errors_total{name="quiet"' in m
