@@ -219,6 +219,7 @@ class Harness:
                 self._synced.set()
                 version = listed.metadata.resource_version
                 # short watches resumed from the last version seen: stop() takes effect within a second
+                relist = False
                 while version and not self._stop.is_set():
                     stream = watch.Watch()  # type: ignore[no-untyped-call]
                     for event in stream.stream(  # type: ignore[no-untyped-call]
@@ -228,12 +229,17 @@ class Harness:
                         timeout_seconds=1,
                         _request_timeout=10,
                     ):
-                        if isinstance(event["object"], dict):  # ERROR/BOOKMARK events carry a raw dict
-                            continue
+                        if isinstance(event["object"], dict):
+                            # this client version hands some watch objects over undeserialized: relist instead
+                            relist = True
+                            break
                         if event["type"] == "DELETED":
                             self._forget(event["object"].metadata.uid)
                         elif event["type"] in ("ADDED", "MODIFIED"):
                             self._reconcile(event["object"])
+                    if relist:
+                        self._stop.wait(0.1)
+                        break
                     version = stream.resource_version or version
             except Exception as err:
                 if self._stop.is_set():

@@ -6,11 +6,20 @@ windows is covered on traces in tests/unit/test_autoscaler_policy.py.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kimi_testbed.harness import Harness
+from kimi_testbed.procs import free_port, port_open
+from kimi_testbed.standin import StandinEngine
 from kimi_testbed.wait import NotYet, wait_for
 
 from .support import Env, go_ready
@@ -89,3 +98,90 @@ def test_a_silent_engine_is_not_read_as_idle(env: Env, standins: Harness) -> Non
     assert "queueDepth" not in env.get("quiet")["status"]["autoscaler"]
     m = env.op.metrics()
     assert 'kimi_operator_autoscaler_scrape_errors_total{name="quiet"' in m
+
+
+class Prometheus:
+    """A real Prometheus server (Debian's package) scraping the stand-ins through file-based discovery."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is not installed: apt-get install prometheus (.ci/run does this)"
+        self.dir = workdir
+        self.port = free_port()
+        self.targets = workdir / "targets.json"
+        self.targets.write_text("[]")
+        (workdir / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "sglang",
+                            "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}],
+                        }
+                    ],
+                }
+            )
+        )
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=(workdir / "prometheus.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: port_open("127.0.0.1", self.port) or None, 30, "prometheus listening")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_targets(self, namespace: str, engines: dict[str, StandinEngine]) -> None:
+        groups = [
+            {"targets": [f"{eng.host}:{eng.port}"], "labels": {"namespace": namespace, "pod": key.split("/")[-1]}}
+            for key, eng in engines.items()
+        ]
+        tmp = self.targets.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.targets)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    prom = Prometheus(tmp_path)
+    yield prom
+    prom.stop()
+
+
+def test_prometheus_source_scales_on_the_queue_prometheus_scraped(
+    env: Env, standins: Harness, prometheus: Prometheus
+) -> None:
+    go_ready(env, "promq", autoscaling={**FAST, "source": {"prometheus": {"url": prometheus.url}}})
+    pod = server_pods(env, "promq")[0]["metadata"]["name"]
+    standins.engine(pod).queue_depth = 20
+    stop = threading.Event()
+
+    def discover() -> None:  # what a kubernetes_sd_config would do in a real cluster
+        while not stop.is_set():
+            prometheus.set_targets(env.ns, standins.engines())
+            stop.wait(0.5)
+
+    sd = threading.Thread(target=discover, daemon=True)
+    sd.start()
+    try:
+        wait_replicas(env, "promq", 3, timeout=90)
+        scaler = env.get("promq")["status"]["autoscaler"]
+        assert scaler["source"] == "prometheus" and scaler["queueDepth"] >= 20
+        prometheus.stop()
+        env.wait_condition("promq", "ScalingActive", "False", "MetricsUnavailable", timeout=30)
+        assert replicas(env, "promq") == 3, "an unreachable Prometheus must not scale anything down"
+    finally:
+        stop.set()
+        sd.join(5)
