@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from .operator_proc import OperatorProcess
+from kimi_testbed.operator_proc import OperatorProcess
 from .support import CRD, GROUP, PLURAL, Env, Kubectl
 
 
@@ -27,7 +27,7 @@ def crd_installed(kubectl: Kubectl) -> None:
 @pytest.fixture(scope="session")
 def operator(
     cluster: Any,
-    crd_installed: None,  # noqa: ARG001 - ordering: the CRD exists before the operator watches it
+    crd_installed: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     proc = OperatorProcess(Path(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))

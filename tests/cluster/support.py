@@ -12,7 +12,7 @@ from kubernetes import client
 from kimi_operator import kube
 from kimi_testbed.wait import NotYet, wait_for
 
-from .operator_proc import OperatorProcess
+from kimi_testbed.operator_proc import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kimi-operator.dev_kimideployments.yaml"

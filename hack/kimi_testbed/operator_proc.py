@@ -1,4 +1,4 @@
-"""Run the real operator (`kimi-operator run`) as a subprocess against the test cluster."""
+"""Run the real operator (`kimi-operator run`) as a subprocess against a local cluster (tests, bench)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kimi_testbed.procs import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class OperatorProcess:
@@ -80,6 +80,14 @@ class OperatorProcess:
     def reconciles(self) -> float:
         m = re.search(r'^kimi_operator_reconciles_total\{result="ok"\} ([0-9.e+]+)$', self.metrics(), re.M)
         return float(m.group(1)) if m else 0.0
+
+    def rss_kib(self) -> int:
+        """Resident memory of the operator process (KiB)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies under the operator."""
