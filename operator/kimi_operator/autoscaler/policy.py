@@ -5,7 +5,8 @@ Rules, in order (docs/autoscaling.md explains each with the failure mode it prev
    could be read the autoscaler holds (it never scales down on silence).
 2. Replicas still starting (requested, not yet ready: a 600 GB load takes tens of minutes) count as capacity on the
    way. A queue that needs more replicas than ready + starting scales up; while replicas start, a further scale-up
-   happens only if the queue kept growing since the last one.
+   happens only if the queue grows faster than it did at the last scale-up (demand rose again). A queue that merely
+   keeps growing at the same rate is the load the starting replicas were requested for.
 3. Tolerance band: while queue per ready replica stays within `tolerance` of the target, the count holds.
 4. Scale-down only removes replicas that are idle (nothing queued or running), never busy ones, and only once the
    total queue is within the target band.
@@ -30,7 +31,7 @@ class Config:
     scale_down_stabilization_seconds: int = 600
     max_scale_up_step: int = 2
     max_scale_down_step: int = 1
-    growth_percent: int = 20  # "the queue kept growing": this much above the queue at the last scale-up
+    growth_percent: int = 20  # "the queue keeps growing": its growth rate is this much above the last scale-up's
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class State:
     recommendations: tuple[tuple[float, int], ...] = ()
     first_seen: float | None = None  # a window counts only once this autoscaler has watched for all of it
     last_scale_time: float | None = None
-    queue_at_last_scale_up: float | None = None
+    last_queue: tuple[float, float] | None = None  # (time, queue) of the previous readable observation
+    rate_at_last_scale_up: float | None = None  # queue growth (requests/s) when the last scale-up was decided
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,14 @@ def _window(recs: tuple[tuple[float, int], ...], now: float, seconds: int) -> li
     return [r for t, r in recs if now - t <= seconds]
 
 
-def recommend(cfg: Config, state: State, obs: Observation) -> tuple[int, str, str]:
+def queue_rate(state: State, now: float, queue: float | None) -> float:
+    """Queue growth in requests per second since the previous readable observation (0 when unknown)."""
+    if queue is None or state.last_queue is None or now <= state.last_queue[0]:
+        return 0.0
+    return (queue - state.last_queue[1]) / (now - state.last_queue[0])
+
+
+def recommend(cfg: Config, state: State, obs: Observation, rate: float = 0.0) -> tuple[int, str, str]:
     """The raw recommendation (before stabilization and steps) with its reason."""
     current = obs.current
     reachable = [r for r in obs.ready if r.reachable]
@@ -107,8 +116,8 @@ def recommend(cfg: Config, state: State, obs: Observation) -> tuple[int, str, st
         # Every replica, ready or starting, should end up with at most `target` queued requests.
         need = max(math.ceil(queue / target), capacity)
         if need > capacity and obs.starting > 0:
-            last = state.queue_at_last_scale_up
-            growing = last is None or queue > last * (1 + cfg.growth_percent / 100)
+            last = state.rate_at_last_scale_up
+            growing = last is None or rate > max(last, 0.0) * (1 + cfg.growth_percent / 100) + 1e-9
             if not growing:
                 return (
                     capacity,
@@ -134,11 +143,14 @@ def recommend(cfg: Config, state: State, obs: Observation) -> tuple[int, str, st
 
 
 def decide(cfg: Config, state: State, obs: Observation) -> Decision:
-    raw, reason, message = recommend(cfg, state, obs)
     reachable = [r for r in obs.ready if r.reachable]
     queue = sum(r.queue or 0 for r in reachable) if reachable and not obs.source_error else None
     running = sum(r.running or 0 for r in reachable) if reachable and not obs.source_error else None
     now, current = obs.now, obs.current
+    rate = queue_rate(state, now, queue)
+    raw, reason, message = recommend(cfg, state, obs, rate)
+    if queue is not None:
+        state = replace(state, last_queue=(now, queue))
     keep = max(cfg.scale_up_stabilization_seconds, cfg.scale_down_stabilization_seconds)
     recs = (*tuple((t, r) for t, r in state.recommendations if now - t <= keep), (now, raw))
     first_seen = now if state.first_seen is None else state.first_seen
@@ -177,7 +189,7 @@ def decide(cfg: Config, state: State, obs: Observation) -> Decision:
             f"{current} -> {desired}: {message}",
             queue,
             running,
-            replace(state, last_scale_time=now, queue_at_last_scale_up=queue),
+            replace(state, last_scale_time=now, rate_at_last_scale_up=rate),
         )
     if desired < current:
         return Decision(
