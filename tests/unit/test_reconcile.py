@@ -202,7 +202,7 @@ def test_unschedulable_pods_surface_in_ready() -> None:
                         "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
                     }
                 ]
-            }
+            },
         }
     ]
     s.step()
@@ -256,9 +256,7 @@ def test_h100_runs_as_a_two_node_leaderworkerset() -> None:
 
 def test_without_the_lws_crd_a_multi_node_plan_is_refused_and_nothing_is_created() -> None:
     s = Server({"topology": {"accelerator": "H100"}})
-    actions = reconcile.decide(
-        reconcile.Observed(copy.deepcopy(s.body), {}, [], lws_installed=False), CONFIG, NOW
-    )
+    actions = reconcile.decide(reconcile.Observed(copy.deepcopy(s.body), {}, [], lws_installed=False), CONFIG, NOW)
     assert actions.apply == [] and actions.delete == []
     ready = next(c for c in actions.status["conditions"] if c["type"] == "Ready") if actions.status else {}
     assert ready["reason"] == "LeaderWorkerSetNotInstalled"
