@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_dir: Path, resync_seconds: int = 3) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_dir: Path, resync_seconds: int = 3, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.extra_env = extra_env or {}
         self.kubeconfig = kubeconfig
         self.log_path = log_dir / "operator.log"
         self.resync_seconds = resync_seconds
@@ -28,6 +31,7 @@ class OperatorProcess:
         self.metrics_port = free_port()
         env = {
             **os.environ,
+            **self.extra_env,
             "KUBECONFIG": str(self.kubeconfig),
             "KIMI_METRICS_PORT": str(self.metrics_port),
             "KIMI_RESYNC_SECONDS": str(self.resync_seconds),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def peering_priority(value: str) -> int:
+    """kopf peering priority. 'auto': minus the start time in microseconds, so the oldest running instance outranks
+    the others (a new pod - a restart, a rollout - stands by until the working one exits) and two pods never share
+    a priority (kopf pauses every instance of a shared one). A developer's `--priority 0` outranks them all."""
+    if value == "auto":
+        return -(time.time_ns() // 1000)
+    return int(value)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -102,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or (),
         standalone=not args.peering,
         peering_name=args.peering or None,
+        priority=peering_priority(args.priority) if args.peering else None,
         liveness_endpoint=args.liveness,
     )
     return 0
@@ -145,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the operator (kopf) against the current cluster")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
     run.add_argument("--peering", default="", help="kopf peering name for HA (needs the KopfPeering CRDs)")
+    run.add_argument(
+        "--priority",
+        default="auto",
+        help="kopf peering priority: an integer, or auto (default: the oldest instance works, the others stand by)",
+    )
     run.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)

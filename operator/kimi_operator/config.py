@@ -17,6 +17,9 @@ class OperatorConfig:
     workers: int = 4
     metrics_port: int = 8080
     cluster_domain: str = "cluster.local"
+    hf_endpoint: str = ""  # Hub mirror for revision resolution and the fetch Job (empty: huggingface.co)
+    fetch_service_account: str = ""  # ServiceAccount of fetch pods (lets them publish progress on their pod)
+    volume_grace_seconds: int = 30  # a weights PVC Pending longer than this is reported as VolumeNotBound
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -27,4 +30,7 @@ class OperatorConfig:
             workers=int(env.get("KIMI_WORKERS", "4")),
             metrics_port=int(env.get("KIMI_METRICS_PORT", "8080")),
             cluster_domain=env.get("KIMI_CLUSTER_DOMAIN", "cluster.local"),
+            hf_endpoint=env.get("KIMI_HF_ENDPOINT", env.get("HF_ENDPOINT", "")),
+            fetch_service_account=env.get("KIMI_FETCH_SERVICE_ACCOUNT", ""),
+            volume_grace_seconds=int(env.get("KIMI_VOLUME_GRACE_SECONDS", "30")),
         )

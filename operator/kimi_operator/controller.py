@@ -8,13 +8,18 @@ reconciled by two workers at once, and a burst of events for one key collapses i
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from kimi_operator import metrics, reconcile, render
 from kimi_operator.config import OperatorConfig
+from kimi_operator.hub import Resolver
 from kimi_operator.kube import Kube, KubeError
+
+Manifest = dict[str, Any]
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
@@ -24,15 +29,74 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def reconcile_one(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> reconcile.Actions | None:
+def _volume_problem(kube: Kube, namespace: str, pvc: Manifest | None, grace: int) -> str:
+    """Why the weights PVC has not bound, once it has been Pending for `grace` seconds (from its events)."""
+    if pvc is None or (pvc.get("status") or {}).get("phase") != "Pending":
+        return ""
+    created = pvc["metadata"].get("creationTimestamp", "")
+    try:
+        age = time.time() - calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        age = 0.0
+    if age < grace:
+        return ""
+    name = pvc["metadata"]["name"]
+    events = sorted(
+        kube.events_for(namespace, "PersistentVolumeClaim", name), key=lambda e: e.get("lastTimestamp") or ""
+    )
+    why = events[-1].get("message", "") if events else ""
+    mode = ",".join(pvc.get("spec", {}).get("accessModes") or [])
+    sc = pvc.get("spec", {}).get("storageClassName") or "(cluster default)"
+    return (
+        f"PersistentVolumeClaim {name} is still Pending after {int(age)}s (storageClassName {sc}, access mode "
+        f"{mode}): {why or 'no PersistentVolume matches and no provisioner acted'}; check that the StorageClass "
+        "exists and supports this access mode (ReadWriteMany needs a shared filesystem), or set "
+        "spec.weights.existingClaimName"
+    )
+
+
+def observe(
+    kube: Kube, resolver: Resolver, namespace: str, name: str, body: Manifest, volume_grace: int = 30
+) -> reconcile.Observed:
+    """Everything decide() needs, read from the API server (and the Hub for an unpinned revision)."""
+    children, missing = kube.list_children(namespace, render.children_selector(name))
+    pods = kube.list_pods(namespace, render.engine_pods_selector(name))
+    fetch_pods = kube.list_pods(namespace, f"{render.INSTANCE_LABEL}={name},{render.COMPONENT_LABEL}=fetch")
+    spec = body.get("spec") or {}
+    model = spec.get("model") or {}
+    repo, revision = model.get("repo", "moonshotai/Kimi-K2.5"), model.get("revision", "main")
+    commit, error = None, ""
+    if not reconcile.pinned_commit(body.get("status") or {}, revision):
+        commit, error = resolver.resolve(repo, revision)
+    claim = (spec.get("weights") or {}).get("existingClaimName") or f"{name}-weights"
+    completed = frozenset(
+        (kd.get("status") or {}).get("weights", {}).get("completedKey", "")
+        for kd in kube.list_kds(namespace)
+        if kd["metadata"]["name"] != name and (kd.get("status") or {}).get("weights", {}).get("claimName") == claim
+    ) - {""}
+    return reconcile.Observed(
+        body,
+        children,
+        pods,
+        lws_installed="LeaderWorkerSet" not in missing,
+        fetch_pods=fetch_pods,
+        resolved_commit=commit,
+        resolve_error=error,
+        completed_on_claim=completed,
+        volume_problem=_volume_problem(kube, namespace, children.get(("PersistentVolumeClaim", claim)), volume_grace),
+    )
+
+
+def reconcile_one(
+    kube: Kube, config: OperatorConfig, namespace: str, name: str, resolver: Resolver | None = None
+) -> reconcile.Actions | None:
     """Read, decide, write. Returns the actions taken (None when the KimiDeployment is gone)."""
     started = time.monotonic()
     body = kube.get_kd(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None  # owner references let the garbage collector remove the children
-    children, missing = kube.list_children(namespace, render.children_selector(name))
-    pods = kube.list_pods(namespace, render.engine_pods_selector(name))
-    observed = reconcile.Observed(body, children, pods, lws_installed="LeaderWorkerSet" not in missing)
+    resolver = resolver or Resolver(config.hf_endpoint or None)
+    observed = observe(kube, resolver, namespace, name, body, config.volume_grace_seconds)
     actions = reconcile.decide(observed, config, now_rfc3339())
     for key in actions.delete:
         kube.delete(key[0], namespace, key[1])
@@ -54,6 +118,7 @@ class WorkQueue:
     def __init__(self, kube: Kube, config: OperatorConfig) -> None:
         self.kube = kube
         self.config = config
+        self.resolver = Resolver(config.hf_endpoint or None)
         self.queue: asyncio.Queue[Key] = asyncio.Queue()
         self.queued: set[Key] = set()
         self.active: set[Key] = set()
@@ -92,7 +157,10 @@ class WorkQueue:
             self.active.add(key)
             metrics.QUEUE_DEPTH.set(self.queue.qsize())
             try:
-                result = await asyncio.to_thread(reconcile_one, self.kube, self.config, *key)
+                result = await asyncio.to_thread(reconcile_one, self.kube, self.config, *key, self.resolver)
+                if result is not None and result.requeue_after:
+                    self.tasks = [t for t in self.tasks if not t.done()]
+                    self.tasks.append(asyncio.create_task(self._later(key, result.requeue_after)))
                 if result is None:
                     self.forget(key)
                 self.failures.pop(key, None)

@@ -593,11 +593,12 @@ class Fetcher:
         self.tracker.jobs = jobs
         todo = [j for j in jobs if not j.done]
 
+        for snap in {j.snap.commit: j.snap for j in todo}.values():
+            (snap.path / weights.MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until proven otherwise
+
         self.tracker.set_phase("checking-space")
         self._check_space(todo)
 
-        for snap in {j.snap.commit: j.snap for j in todo}.values():
-            (snap.path / weights.MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until proven otherwise
         if todo:
             self.tracker.set_phase(
                 "downloading", f"{len(todo)} files, {weights.human_bytes(sum(j.rf.size - j.on_disk for j in todo))}"
@@ -655,7 +656,7 @@ class Fetcher:
                 f"checkpoints only; files: {', '.join(f.name for f in remote[:8])}{'...' if len(remote) > 8 else ''})"
             )
         for f in files:
-            if weights._safe_join(Path("/x"), f.name) is None:
+            if weights.safe_join(Path("/x"), f.name) is None:
                 raise FetchError(f"refusing unsafe file name from the Hub: {f.name!r}")
         snap = Snapshot(
             repo=target.repo,
@@ -779,6 +780,14 @@ class Fetcher:
                     continue
                 to_hash.append(job)
         self.tracker.jobs = jobs
+        hashing = {id(j) for j in to_hash}
+        linked = self._link_from_other_commits(
+            [j for j in jobs if not j.done and j.on_disk == 0 and id(j) not in hashing], states
+        )
+        if self.verify == "full":  # trust nothing, not even the other snapshot's record
+            for job in linked:
+                job.done = False
+                to_hash.append(job)
         if to_hash:
             for job in to_hash:
                 job.on_disk = job.rf.size
@@ -793,7 +802,6 @@ class Fetcher:
             self.reporter.poke()
             self._pool(to_hash, lambda j: self._verify_existing(j, states[j.snap.commit]))
             self.tracker.hash_total = 0
-        self._link_from_other_commits([j for j in jobs if not j.done and j.on_disk == 0], states)
         return jobs, states
 
     def _verify_existing(self, job: _Job, state: _State) -> None:
@@ -819,12 +827,13 @@ class Fetcher:
         job.done = False
         job.on_disk = 0
 
-    def _link_from_other_commits(self, jobs: list[_Job], states: dict[str, _State]) -> None:
+    def _link_from_other_commits(self, jobs: list[_Job], states: dict[str, _State]) -> list[_Job]:
         """A new commit of the same repo usually shares the weight shards: hard-link verified identical files from
         other snapshots of the repo on this volume instead of downloading them again."""
         wanted = {j.rf.sha256: j for j in jobs if j.rf.sha256}
+        linked: list[_Job] = []
         if not wanted:
-            return
+            return linked
         for snap in self.snapshots:
             repo_dir = self.root / snap.repo
             for other in sorted(p for p in repo_dir.iterdir() if weights.COMMIT_RE.fullmatch(p.name)):
@@ -839,7 +848,9 @@ class Fetcher:
                     job = wanted.get(str(rec.get("sha256")))
                     if job is None or job.snap.repo != snap.repo:
                         continue
-                    src = other / name
+                    src = weights.safe_join(other, name)
+                    if src is None:
+                        continue
                     try:
                         st = src.stat()
                         if st.st_size != rec.get("size") or st.st_mtime_ns != rec.get("mtimeNs"):
@@ -858,10 +869,12 @@ class Fetcher:
                     states[job.snap.commit].record(job.rf, str(rec["sha256"]), None, job.path.stat())
                     job.done = True
                     job.on_disk = job.rf.size
+                    linked.append(job)
                     del wanted[rec["sha256"]]
                     log.info(
                         "%s: identical in commit %s on this volume; hard-linked, not downloaded", name, other.name[:12]
                     )
+        return linked
 
     # ---- space
     def _check_space(self, todo: list[_Job]) -> None:
@@ -990,8 +1003,15 @@ class Fetcher:
                 raise
             except HfHubHTTPError as err:
                 status = _status(err)
-                if status in (401, 403, 404):
+                if status in (401, 403):
                     raise self._classify(err, Target(snap.repo, snap.commit)) from None
+                if status == 404:
+                    raise FetchError(
+                        f"{rf.name}: the Hub listed it for {snap.repo}@{snap.commit} but answers 404 for it"
+                    ) from None
+                if status == 416:  # the partial file does not fit the remote one: start it over
+                    part.unlink(missing_ok=True)
+                    digest = None
                 failure: BaseException = err
             except OSError as err:
                 if err.errno == errno.ENOSPC:

@@ -109,8 +109,13 @@ class Kube:
                 return None
             raise
 
-    def list_of(self, rtype: ResourceType, namespace: str, label_selector: str) -> list[Manifest]:
-        out = self._call("GET", rtype.path(namespace), query=[("labelSelector", label_selector)])
+    def list_of(
+        self, rtype: ResourceType, namespace: str, label_selector: str, field_selector: str = ""
+    ) -> list[Manifest]:
+        query = [("labelSelector", label_selector)]
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        out = self._call("GET", rtype.path(namespace), query=query)
         items: list[Manifest] = out.get("items") or []
         for item in items:
             item.setdefault("kind", rtype.kind)
@@ -138,6 +143,12 @@ class Kube:
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         return self.list_of(PODS, namespace, selector)
+
+    def list_kds(self, namespace: str) -> list[Manifest]:
+        return self.list_of(KD, namespace, "")
+
+    def events_for(self, namespace: str, kind: str, name: str) -> list[Manifest]:
+        return self.list_of(EVENTS, namespace, "", f"involvedObject.kind={kind},involvedObject.name={name}")
 
     # ---------------------------------------------------------------------------------------------- writes
     def apply(self, manifest: Manifest) -> Manifest:

@@ -64,7 +64,8 @@ class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     repo: str
-    revision: str
+    revision: str  # the commit once resolved (reconcile pins it), until then the spec's branch or tag
+    draft_commit: str = ""
     served_model_name: str
     image: str
     accelerator: str

@@ -8,6 +8,7 @@ and no events, so an idle KimiDeployment costs zero API writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
 from kimi_operator.planner import Plan, PlanError, plan
+from kimi_operator.weights import COMMIT_RE, PROGRESS_ANNOTATION, FetchProgress, format_progress
 
 Manifest = dict[str, Any]
 ChildKey = tuple[str, str]  # (kind, name)
@@ -35,6 +37,8 @@ WARNING_REASONS = frozenset(
         "UnsupportedByCheckpoint",
         "MetricsUnavailable",
         "NoReadyReplicas",
+        "VolumeNotBound",
+        "RevisionUnresolved",
     }
 )
 CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready", "ScalingActive")
@@ -57,6 +61,7 @@ class Actions:
     status: dict[str, Any] | None = None
     events: list[Event] = field(default_factory=list)
     explanation: list[str] = field(default_factory=list)
+    requeue_after: float = 0.0  # look again this soon even without an event (download progress, retry backoff)
 
     @property
     def writes(self) -> int:
@@ -71,6 +76,11 @@ class Observed:
     children: dict[ChildKey, Manifest]
     pods: list[Manifest] = field(default_factory=list)
     lws_installed: bool = True
+    fetch_pods: list[Manifest] = field(default_factory=list)
+    resolved_commit: str | None = None  # the Hub's answer for spec.model.revision (None: unknown)
+    resolve_error: str = ""
+    completed_on_claim: frozenset[str] = frozenset()  # repo@commit keys other KimiDeployments completed here
+    volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
 
 
 def is_subset(desired: Any, observed: Any) -> bool:
@@ -119,34 +129,138 @@ class _Weights:
     reason: str
     message: str
     progress: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    retry_job: bool = False  # delete the failed Job now: its backoff has passed
 
 
-def _job_state(job: Manifest | None) -> tuple[str, str]:
-    """('succeeded'|'failed'|'running'|'absent', message)."""
+FETCH_BACKOFF_SECONDS = (60, 120, 300, 600, 1800, 3600)
+PERMANENT_FETCH_FAILURE = "PodFailurePolicy"  # exit 2 (not found / unauthorized) or 3 (no space): no retry
+
+
+def _job_state(job: Manifest | None) -> tuple[str, str, str, str]:
+    """(succeeded|failed|running|absent, reason, message, failed-at) of the fetch Job."""
     if job is None:
-        return "absent", ""
+        return "absent", "", "", ""
     st = job.get("status") or {}
     for cond in st.get("conditions") or []:
         if cond.get("status") != "True":
             continue
         if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
-            return "succeeded", ""
+            return "succeeded", "", "", ""
         if cond.get("type") == "Failed":
-            return "failed", f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
+            return (
+                "failed",
+                str(cond.get("reason", "Failed")),
+                str(cond.get("message", "")),
+                str(cond.get("lastTransitionTime", "")),
+            )
     if (st.get("succeeded") or 0) >= 1:
-        return "succeeded", ""
-    return "running", ""
+        return "succeeded", "", "", ""
+    return "running", "", "", ""
 
 
-def _weights(old_weights: dict[str, Any], job: Manifest | None, key: str, claim: str) -> _Weights:
+def _seconds(rfc3339: str) -> float:
+    try:
+        return datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def fetch_progress(fetch_pods: list[Manifest]) -> FetchProgress | None:
+    """The newest progress record a fetch pod published on itself (kimi-operator.dev/fetch-progress)."""
+    best: FetchProgress | None = None
+    for pod in fetch_pods:
+        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(PROGRESS_ANNOTATION)
+        if not raw:
+            continue
+        try:
+            rec = FetchProgress.from_json(raw)
+        except ValueError:
+            continue
+        if best is None or rec.updated_at >= best.updated_at:
+            best = rec
+    return best
+
+
+def _progress_detail(rec: FetchProgress | None) -> dict[str, Any]:
+    if rec is None:
+        return {}
+    out: dict[str, Any] = {
+        "bytesDone": rec.bytes_done,
+        "bytesTotal": rec.bytes_total,
+        "filesDone": rec.files_done,
+        "filesTotal": rec.files_total,
+        "message": format_progress(rec),
+    }
+    if rec.bytes_per_second:
+        out["bytesPerSecond"] = rec.bytes_per_second
+    if rec.eta_seconds is not None:
+        out["etaSeconds"] = rec.eta_seconds
+    return out
+
+
+def _weights(
+    old_weights: dict[str, Any],
+    job: Manifest | None,
+    key: str,
+    job_key: str,
+    claim: str,
+    observed: Observed,
+    rec: FetchProgress | None,
+    now: str,
+) -> _Weights:
     remembered = old_weights.get("completedKey") == key and old_weights.get("claimName") == claim
-    job_key = ((job or {}).get("metadata", {}).get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
-    state, msg = _job_state(job) if job_key in (None, key) else ("absent", "")
-    if remembered or state == "succeeded":
+    reused = f"{key} is already complete on volume {claim} (no download needed)"
+    if remembered:
+        if old_weights.get("message") == reused:
+            return _Weights(True, "Reused", reused, "100%")
+        return _Weights(True, "Downloaded", f"{key} is complete on volume {claim}", "100%")
+    if key in observed.completed_on_claim:
+        return _Weights(True, "Reused", reused, "100%")
+    if observed.volume_problem:
+        return _Weights(False, "VolumeNotBound", observed.volume_problem, "Pending")
+    annotated = ((job or {}).get("metadata", {}).get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
+    state, why, detail, failed_at = _job_state(job) if annotated in (None, job_key) else ("absent", "", "", "")
+    if state == "succeeded":
         return _Weights(True, "Downloaded", f"{key} is complete on volume {claim}", "100%")
     if state == "failed":
-        return _Weights(False, "FetchFailed", f"downloading {key} failed: {msg}; delete the Job to retry", "Failed")
-    return _Weights(False, "Downloading", f"downloading {key} into volume {claim}", "Downloading")
+        attempts = int(old_weights.get("attempts") or 0) + 1
+        text = f"downloading {job_key} failed ({why}: {detail})".replace(": )", ")")
+        if why == PERMANENT_FETCH_FAILURE:
+            return _Weights(
+                False,
+                "FetchFailed",
+                f"{text}; this will not pass on a retry: fix the cause (see the Job's pod log), then delete the Job",
+                "Failed",
+            )
+        wait = FETCH_BACKOFF_SECONDS[min(attempts - 1, len(FETCH_BACKOFF_SECONDS) - 1)]
+        due = _seconds(failed_at) + wait <= _seconds(now) if failed_at else True
+        return _Weights(
+            False,
+            "FetchFailed",
+            f"{text}; attempt {attempts}, retrying {'now' if due else f'after {wait}s'}",
+            "Failed",
+            {"attempts": attempts} if due else {},
+            retry_job=due,
+        )
+    if rec is not None:
+        return _Weights(
+            False,
+            "Downloading",
+            f"downloading {job_key} into volume {claim}: {format_progress(rec)}",
+            f"{rec.percent}%",
+            _progress_detail(rec),
+        )
+    return _Weights(False, "Downloading", f"downloading {job_key} into volume {claim}", "Downloading")
+
+
+def pinned_commit(status: dict[str, Any], revision: str) -> str | None:
+    """The commit status pinned for this spec revision: a moving branch never re-downloads by surprise."""
+    model = status.get("model") or {}
+    pinned = model.get("resolvedRevision")
+    if model.get("revision") == revision and isinstance(pinned, str) and COMMIT_RE.match(pinned):
+        return pinned
+    return None
 
 
 def _unschedulable(pods: list[Manifest]) -> str | None:
@@ -214,10 +328,26 @@ def _finish(
     old_conditions = old_status.get("conditions") or []
     computed["conditions"] = _merge_conditions(old_conditions, conditions, now)
     computed["observedGeneration"] = body["metadata"].get("generation", 0)
-    if any(old_status.get(k) != v for k, v in computed.items()):
-        actions.status = computed
+    wanted = {k: _without_none(v) for k, v in computed.items()}
+    if any(old_status.get(k) != v for k, v in wanted.items()):
+        actions.status = {k: _merge_patch(old_status.get(k), v) for k, v in wanted.items()}
         actions.events = _events(old_conditions, computed["conditions"])
     return actions
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _merge_patch(old: Any, new: Any) -> Any:
+    """A JSON merge patch from old to new: keys that disappeared are set to null so the server removes them."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        patch = {k: _merge_patch(old.get(k), v) for k, v in new.items()}
+        patch.update({k: None for k in old if k not in new})
+        return patch
+    return new
 
 
 def _refused(body: dict[str, Any], reason: str, message: str, now: str, generation: int) -> Actions:
@@ -264,17 +394,30 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
 
     owner = render.Owner(name, namespace, meta["uid"])
     names = render.names(name, spec)
-    key = render.weights_key(p)
     old_status = body.get("status") or {}
+    rec = fetch_progress(observed.fetch_pods)
+    commit = pinned_commit(old_status, spec.model.revision) or observed.resolved_commit
+    if commit is None and rec is not None and COMMIT_RE.match(rec.commit):
+        commit = rec.commit  # the fetcher resolved it (e.g. the operator cannot reach the Hub)
+    job_key = f"{p.repo}@{spec.model.revision}"
+    if commit:
+        p = p.model_copy(update={"revision": commit})
+    key = render.weights_key(p)
     job = observed.children.get(("Job", names.job))
-    weights = _weights(old_status.get("weights") or {}, job, key, names.pvc)
+    weights = _weights(old_status.get("weights") or {}, job, key, job_key, names.pvc, observed, rec, now)
+    if weights.ready and not commit:
+        why = observed.resolve_error or "the fetcher did not report the commit it downloaded"
+        weights = _Weights(
+            False, "RevisionUnresolved", f"{job_key} is downloaded but its commit is unknown: {why}", "100%"
+        )
     scaler = old_status.get("autoscaler") or {}
     replicas = spec.effective_replicas(scaler.get("desiredReplicas"))
     ctx = render.context(owner, spec, p, config, replicas=replicas)
+    ctx["weights_key"] = job_key
     desired: list[Manifest] = []
     if not spec.weights.existing_claim_name:
         desired.append(render.pvc(ctx))
-    if not weights.ready:
+    if not weights.ready and weights.reason not in ("VolumeNotBound", "Reused", "RevisionUnresolved"):
         desired.append(render.fetch_job(ctx))
     workload_key = ("LeaderWorkerSet" if multi else "Deployment", names.deployment)
     other_key = ("Deployment" if multi else "LeaderWorkerSet", names.deployment)
@@ -303,10 +446,13 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         elif k[0] == "PersistentVolumeClaim":
             continue  # a PVC's spec is immutable but for size; never re-apply an existing cache volume
         elif k[0] == "Job":
-            job_key = (current["metadata"].get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
-            if job_key != key:
+            current_key = (current["metadata"].get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
+            if current_key != job_key:
                 actions.delete.append(k)  # a Job's template is immutable: replace it for the new snapshot
-                actions.explanation.append(f"replace Job/{k[1]}: {job_key} -> {key}")
+                actions.explanation.append(f"replace Job/{k[1]}: {current_key} -> {job_key}")
+            elif weights.retry_job:
+                actions.delete.append(k)  # recreated on the next reconcile: a fresh set of attempts
+                actions.explanation.append(f"retry Job/{k[1]} after its backoff")
         elif not is_subset(m, current):
             actions.apply.append(m)
             actions.explanation.append(f"update {k[0]}/{k[1]} (drifted from the plan)")
@@ -318,9 +464,13 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
             continue  # keep serving the previous snapshot while a new revision downloads
         if k[0] == "Job" and weights.ready and old_status.get("weights", {}).get("completedKey") != key:
             continue  # delete the finished Job only once its completion is recorded in status
+        if k[0] == "Job" and weights.reason in ("VolumeNotBound", "RevisionUnresolved"):
+            continue
         actions.delete.append(k)
         actions.explanation.append(f"delete {k[0]}/{k[1]} (no longer wanted)")
 
+    if not weights.ready:
+        actions.requeue_after = 15.0  # progress at least every 30 s, retries on time, the volume re-checked
     return _status(body, spec, p, observed, weights, actions, workload_key, switching, replicas, now)
 
 
@@ -369,7 +519,9 @@ def _status(
         available = _condition("Available", False, "NoReplicaReady", "no replica is serving yet", generation)
 
     unschedulable = _unschedulable(observed.pods)
-    if not weights.ready:
+    if not weights.ready and weights.reason in ("VolumeNotBound", "RevisionUnresolved"):
+        reason, msg = weights.reason, weights.message
+    elif not weights.ready:
         reason, msg = (
             ("FetchFailed", weights.message)
             if weights.reason == "FetchFailed"
@@ -399,15 +551,29 @@ def _status(
         )
     done = reason in ("Ready", "ScaledToZero")
     progressing = _condition(
-        "Progressing", not done and reason != "FetchFailed", "Complete" if done else reason, msg, generation
+        "Progressing",
+        not done and reason not in ("FetchFailed", "VolumeNotBound", "RevisionUnresolved"),
+        "Complete" if done else reason,
+        msg,
+        generation,
     )
     ready_cond = _condition("Ready", done, reason, msg, generation)
 
     key = render.weights_key(p)
+    resolved = bool(COMMIT_RE.match(p.revision))
     weights_status: dict[str, Any] = {
         "claimName": names.pvc,
-        "path": sglang.snapshot_path(p.repo, p.revision),
+        "path": sglang.snapshot_path(p.repo, p.revision) if resolved else None,
         "progress": weights.progress,
+        "bytesDone": None,
+        "bytesTotal": None,
+        "filesDone": None,
+        "filesTotal": None,
+        "bytesPerSecond": None,
+        "etaSeconds": None,
+        "message": weights.message,
+        "attempts": old_weights.get("attempts"),
+        **weights.detail,
     }
     if weights.ready:
         known = old_weights.get("completedKey") == key and old_weights.get("completedAt")
@@ -421,7 +587,12 @@ def _status(
         "ready": f"{ready}/{desired}",
         "selector": render.selector_string(name),
         "endpoint": f"http://{names.service}.{namespace}.svc:{spec.service.port}/v1",
-        "model": {"repo": p.repo, "servedModelName": p.served_model_name, "resolvedRevision": p.revision},
+        "model": {
+            "repo": p.repo,
+            "servedModelName": p.served_model_name,
+            "revision": spec.model.revision,
+            "resolvedRevision": p.revision if resolved else None,
+        },
         "weights": weights_status,
         "plan": _plan_status(p),
     }

@@ -96,7 +96,7 @@ def children_selector(owner_name: str) -> str:
 
 
 def weights_key(plan: Plan) -> str:
-    """Identity of a downloaded snapshot: the Job is redone when this changes."""
+    """Identity of a downloaded snapshot (repo@commit once resolved)."""
     return f"{plan.repo}@{plan.revision}"
 
 
@@ -168,10 +168,12 @@ def context(
             plan.repo,
             "--revision",
             plan.revision,
-            "--dest",
-            sglang.snapshot_path(plan.repo, plan.revision),
+            "--root",
+            sglang.MODELS_MOUNT,
             *(["--draft-repo", spec.engine.speculative.draft_repo] if spec.engine.speculative is not None else []),
         ],
+        "hf_endpoint": config.hf_endpoint,
+        "fetch_service_account": config.fetch_service_account,
         "env": sglang.env(plan, spec),
         "probes": sglang.probes(plan),
         "lifecycle": sglang.lifecycle(),

@@ -338,7 +338,8 @@ def sha256_file(path: str | Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def _safe_join(directory: Path, name: str) -> Path | None:
+def safe_join(directory: Path, name: str) -> Path | None:
+    """directory/name for a relative repo path; None if the name could leave the directory."""
     if name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
         return None
     return directory / name
@@ -366,7 +367,7 @@ def validate_manifest(
     if not manifest.files:
         problems.append("manifest lists no files")
     for name, entry in sorted(manifest.files.items()):
-        path = _safe_join(directory, name)
+        path = safe_join(directory, name)
         if path is None:
             problems.append(f"{name}: unsafe path in manifest")
             continue

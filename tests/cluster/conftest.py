@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kimi_testbed.hub import HubStandIn, RepoLayout
 from kimi_testbed.operator_proc import OperatorProcess
+
 from .support import CRD, GROUP, PLURAL, Env, Kubectl
 
 
@@ -25,12 +27,29 @@ def crd_installed(kubectl: Kubectl) -> None:
 
 
 @pytest.fixture(scope="session")
+def hub() -> Iterator[HubStandIn]:
+    """The Hub stand-in (a test double) answering the operator's revision lookups for the catalog's repos."""
+    tiny = {"shards": 2, "shard_bytes": 1 << 20, "decoys": False}
+    stand_in = HubStandIn(
+        RepoLayout(repo_id="moonshotai/Kimi-K2.5", **tiny),  # type: ignore[arg-type]
+        extra_repos=(RepoLayout(repo_id="moonshotai/Kimi-K2-Thinking", seed=2, **tiny),),  # type: ignore[arg-type]
+    ).start()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="session")
 def operator(
     cluster: Any,
     crd_installed: None,
+    hub: HubStandIn,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(Path(cluster.kubeconfig), tmp_path_factory.mktemp("operator"))
+    proc = OperatorProcess(
+        Path(cluster.kubeconfig),
+        tmp_path_factory.mktemp("operator"),
+        extra_env={"HF_ENDPOINT": hub.endpoint, "KIMI_VOLUME_GRACE_SECONDS": "3"},
+    )
     proc.start()
     yield proc
     proc.stop()

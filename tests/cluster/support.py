@@ -10,9 +10,8 @@ import yaml
 from kubernetes import client
 
 from kimi_operator import kube
-from kimi_testbed.wait import NotYet, wait_for
-
 from kimi_testbed.operator_proc import OperatorProcess
+from kimi_testbed.wait import NotYet, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kimi-operator.dev_kimideployments.yaml"

@@ -12,9 +12,25 @@ from typing import Any
 
 from kimi_operator import reconcile, render
 from kimi_operator.config import OperatorConfig
+from kimi_operator.weights import PROGRESS_ANNOTATION, FetchProgress
 
 CONFIG = OperatorConfig(operator_image="op:test")
 NOW = "2026-11-23T12:00:00Z"
+COMMIT = "a" * 40
+COMMIT_V2 = "b" * 40
+
+
+def merge_patch(old: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a merge patch to status."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(old) if isinstance(old, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
 
 
 class Server:
@@ -27,11 +43,26 @@ class Server:
         }
         self.children: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
+        self.fetch_pods: list[dict[str, Any]] = []
+        self.hub: dict[str, str] = {"main": COMMIT, "v2": COMMIT_V2}  # what the Hub resolves revisions to
+        self.completed_on_claim: frozenset[str] = frozenset()
+        self.volume_problem = ""
+
+    def observed(self) -> reconcile.Observed:
+        revision = (self.body["spec"].get("model") or {}).get("revision", "main")
+        return reconcile.Observed(
+            copy.deepcopy(self.body),
+            copy.deepcopy(self.children),
+            self.pods,
+            fetch_pods=self.fetch_pods,
+            resolved_commit=self.hub.get(revision),
+            resolve_error="" if revision in self.hub else "hub unreachable",
+            completed_on_claim=self.completed_on_claim,
+            volume_problem=self.volume_problem,
+        )
 
     def step(self, now: str = NOW) -> reconcile.Actions:
-        actions = reconcile.decide(
-            reconcile.Observed(copy.deepcopy(self.body), copy.deepcopy(self.children), self.pods), CONFIG, now
-        )
+        actions = reconcile.decide(self.observed(), CONFIG, now)
         for key in actions.delete:
             del self.children[key]
         for m in actions.apply:
@@ -43,7 +74,7 @@ class Server:
             obj["status"] = (prev or {}).get("status", {})
             self.children[(m["kind"], m["metadata"]["name"])] = obj
         if actions.status is not None:
-            self.body["status"] = {**self.body.get("status", {}), **actions.status}
+            self.body["status"] = merge_patch(self.body.get("status", {}), actions.status)
         return actions
 
     def set_spec(self, **patch: Any) -> None:
@@ -95,7 +126,10 @@ def test_lifecycle_download_then_serve_then_idle_with_zero_writes() -> None:
     serve = s.step()
     assert _kinds(serve) == [("Deployment", "kd")]
     assert serve.delete == [], "the Job is removed only after its completion is recorded"
-    assert s.body["status"]["weights"]["completedKey"] == "moonshotai/Kimi-K2.5@main"
+    assert s.body["status"]["weights"]["completedKey"] == f"moonshotai/Kimi-K2.5@{COMMIT}"
+    assert s.body["status"]["model"]["resolvedRevision"] == COMMIT
+    cmd = serve.apply[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--model-path") + 1] == f"/models/moonshotai/Kimi-K2.5/{COMMIT}"
     assert _cond(s, "WeightsReady")["status"] == "True"
 
     cleanup = s.step()
@@ -181,6 +215,8 @@ def test_a_new_revision_downloads_while_the_old_one_keeps_serving() -> None:
     assert _kinds(actions) == [("Job", "kd-fetch")]
     job = s.children[("Job", "kd-fetch")]
     assert job["metadata"]["annotations"][render.WEIGHTS_KEY_ANNOTATION] == "moonshotai/Kimi-K2.5@v2"
+    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--revision") + 1] == COMMIT_V2
     assert _cond(s, "WeightsReady")["reason"] == "Downloading"
     assert _cond(s, "Available")["status"] == "True"
 
@@ -210,17 +246,103 @@ def test_unschedulable_pods_surface_in_ready() -> None:
     assert ready["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in ready["message"]
 
 
-def test_failed_download_is_reported_with_how_to_retry() -> None:
-    s = Server({})
-    s.step()
+def _job_fails(s: Server, reason: str, at: str = NOW) -> None:
     s.children[("Job", "kd-fetch")]["status"] = {
         "failed": 7,
-        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}],
+        "conditions": [
+            {"type": "Failed", "status": "True", "reason": reason, "message": "x", "lastTransitionTime": at}
+        ],
     }
+
+
+def test_a_failed_download_is_retried_after_a_growing_backoff() -> None:
+    s = Server({})
+    s.step()
+    _job_fails(s, "BackoffLimitExceeded", at="2026-11-23T12:00:00Z")
+    waiting = s.step("2026-11-23T12:00:30Z")
+    assert waiting.delete == [] and _cond(s, "Ready")["reason"] == "FetchFailed"
+    assert "retrying after 60s" in _cond(s, "WeightsReady")["message"]
+    assert any(e.type == "Warning" for e in waiting.events)
+    retry = s.step("2026-11-23T12:01:01Z")
+    assert retry.delete == [("Job", "kd-fetch")]
+    assert s.body["status"]["weights"]["attempts"] == 1
+    assert _kinds(s.step("2026-11-23T12:01:02Z")) == [("Job", "kd-fetch")]
+    _job_fails(s, "BackoffLimitExceeded", at="2026-11-23T12:05:00Z")
+    s.step("2026-11-23T12:05:30Z")
+    assert "attempt 2, retrying after 120s" in _cond(s, "WeightsReady")["message"]
+
+
+def test_a_permanent_download_failure_is_not_retried() -> None:
+    s = Server({})
+    s.step()
+    _job_fails(s, "PodFailurePolicy")
+    actions = s.step("2026-11-23T15:00:00Z")
+    assert actions.delete == []
+    assert "will not pass on a retry" in _cond(s, "WeightsReady")["message"]
+
+
+def test_progress_published_by_the_fetch_pod_reaches_status() -> None:
+    s = Server({})
+    s.step()
+    record = FetchProgress(
+        phase="downloading",
+        bytes_done=220 * 10**9,
+        bytes_total=595 * 10**9,
+        files_done=23,
+        files_total=72,
+        bytes_per_second=412 * 10**6,
+        eta_seconds=900,
+        commit=COMMIT,
+        updated_at=1,
+    )
+    s.fetch_pods = [{"metadata": {"annotations": {PROGRESS_ANNOTATION: record.to_json()}}}]
+    s.step()
+    w = s.body["status"]["weights"]
+    assert w["progress"] == "36%" and w["bytesDone"] == 220 * 10**9 and w["filesTotal"] == 72
+    assert "ETA" in w["message"]
+    s.job_succeeds()
+    s.fetch_pods = []
+    s.step()
+    s.step()
+    w = s.body["status"]["weights"]
+    assert w["progress"] == "100%" and "bytesDone" not in w, "download counters are removed once complete"
+
+
+def test_the_fetchers_commit_is_used_when_the_hub_cannot_be_reached() -> None:
+    s = Server({})
+    s.hub = {}
+    s.step()
+    s.job_succeeds()
+    s.step()
+    assert _cond(s, "WeightsReady")["reason"] == "RevisionUnresolved"
+    record = FetchProgress(phase="complete", commit=COMMIT, updated_at=2)
+    s.fetch_pods = [{"metadata": {"annotations": {PROGRESS_ANNOTATION: record.to_json()}}}]
+    assert _kinds(s.step()) == [("Deployment", "kd")]
+    assert s.body["status"]["model"]["resolvedRevision"] == COMMIT
+
+
+def test_a_pinned_commit_survives_the_branch_moving() -> None:
+    s = _serving()
+    s.hub = {"main": COMMIT_V2}
+    assert s.step().writes == 0
+    assert s.body["status"]["model"]["resolvedRevision"] == COMMIT
+
+
+def test_a_snapshot_completed_by_another_deployment_on_the_same_volume_is_reused() -> None:
+    s = Server({"weights": {"existingClaimName": "shared"}})
+    s.completed_on_claim = frozenset({f"moonshotai/Kimi-K2.5@{COMMIT}"})
     actions = s.step()
-    assert _cond(s, "Ready")["reason"] == "FetchFailed"
-    assert "delete the Job to retry" in _cond(s, "WeightsReady")["message"]
-    assert any(e.type == "Warning" for e in actions.events)
+    assert _kinds(actions) == [("Deployment", "kd"), ("Service", "kd"), ("Service", "kd-headless")]
+    assert _cond(s, "WeightsReady")["reason"] == "Reused"
+
+
+def test_an_unbound_volume_is_a_condition_not_a_silent_wait() -> None:
+    s = Server({"weights": {"storageClassName": "missing"}})
+    s.volume_problem = 'PVC kd-weights is Pending: storageclass.storage.k8s.io "missing" not found'
+    actions = s.step()
+    assert ("Job", "kd-fetch") not in [(m["kind"], m["metadata"]["name"]) for m in actions.apply]
+    cond = _cond(s, "WeightsReady")
+    assert cond["reason"] == "VolumeNotBound" and "missing" in cond["message"]
 
 
 def test_subset_comparison() -> None:

@@ -390,7 +390,8 @@ class ModelStatus(ApiModel):
 
     repo: str | None = None
     served_model_name: str | None = None
-    resolved_revision: str | None = None
+    revision: str | None = Field(default=None, description="The spec revision the commit was resolved from.")
+    resolved_revision: str | None = Field(default=None, description="The commit served (pinned).")
 
 
 class WeightsStatus(ApiModel):
@@ -403,6 +404,10 @@ class WeightsStatus(ApiModel):
     bytes_done: int | None = None
     files_total: int | None = None
     files_done: int | None = None
+    bytes_per_second: int | None = None
+    eta_seconds: int | None = None
+    message: str | None = None
+    attempts: int | None = Field(default=None, description="Failed downloads so far (retried with backoff).")
     completed_at: str | None = None
     completed_key: str | None = None
 

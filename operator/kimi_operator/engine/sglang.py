@@ -26,9 +26,10 @@ PRESTOP_SLEEP_SECONDS = 15
 LOADER_THREADS = 64
 
 
-def snapshot_path(repo: str, revision: str) -> str:
-    """Where a checkpoint lives on the weights volume: keyed by repo and revision, so several share one volume."""
-    return f"{MODELS_MOUNT}/{repo}/{revision}"
+def snapshot_path(repo: str, commit: str) -> str:
+    """Where a checkpoint lives on the weights volume: keyed by repo and commit (the fetcher's layout), so
+    deployments and revisions share one volume without clobbering each other."""
+    return f"{MODELS_MOUNT}/{repo}/{commit}"
 
 
 def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = False) -> list[str]:
@@ -75,7 +76,7 @@ def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = Fals
             "--speculative-algorithm",
             "EAGLE3",
             "--speculative-draft-model-path",
-            snapshot_path(spec_dec.draft_repo, "main"),
+            f"{MODELS_MOUNT}/{spec_dec.draft_repo}/{plan.draft_commit or 'main'}",
             "--speculative-num-steps",
             str(spec_dec.num_steps),
             "--speculative-eagle-topk",

@@ -1,0 +1,464 @@
+"""The kimi-operator chart on the local control plane, with the real helm binary.
+
+- install creates the CRD, RBAC and the operator Deployment; upgrades (a changed value, a chart version bump, even
+  turning `crds.enabled` off) and uninstall keep the CRD and every KimiDeployment (helm.sh/resource-policy: keep);
+- the chart's RBAC is enough: the operator, started with exactly the command line and environment of the chart's
+  Deployment but authenticated as the chart's ServiceAccount (a TokenRequest token, not admin), takes a
+  KimiDeployment to Ready - events, status patches, every child kind and the LeaderWorkerSet list/watch - and the
+  ServiceAccount is refused what it must not do;
+- a KimiDeployment applied server-side by a GitOps field manager shows no diff after the operator reconciled it;
+- two operator processes with the chart's peering arguments: one works, the other stands by and takes over.
+
+The cluster is shared by the session: the KimiDeployment CRD (installed by the `crd_installed` fixture) is adopted
+by the release where a test installs it and is never deleted; cluster-scoped objects a test creates are removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kimi_operator import kube
+from kimi_testbed.procs import free_port
+from kimi_testbed.wait import NotYet, wait_for
+
+from .support import GROUP, PLURAL, ROOT, Kubectl, kd, weights_pv
+
+pytestmark = pytest.mark.cluster
+
+CHART = ROOT / "charts" / "kimi-operator"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+GITOPS_MANAGER = "argocd-controller"
+# A pinned commit, as GitOps repositories should have it: the operator needs no Hub to resolve it (the test
+# cluster reaches none) and the simulated fetch Job reports none.
+MODEL = {"repo": "moonshotai/Kimi-K2.5", "revision": "0123456789abcdef0123456789abcdef01234567"}
+Manifest = dict[str, Any]
+
+
+class Helm:
+    def __init__(self, binary: Path, kubeconfig: Path, namespace: str) -> None:
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.binary), "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace, *args]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=150)
+        if check and out.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+
+class Release:
+    """One release of the chart in the test's namespace; uninstalled (and its cluster-scoped leftovers checked
+    away) at the end of the test."""
+
+    def __init__(self, helm: Helm, kubectl: Kubectl, namespace: str) -> None:
+        self.helm = helm
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.name = "k" + namespace.rsplit("-", 1)[-1]  # unique per test: cluster-scoped names derive from it
+        self.fullname = f"{self.name}-kimi-operator"
+        self.installed = False
+        self.peering_crds_before = {c for c in PEERING_CRDS if self.exists("crd", c)}
+
+    def exists(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        args = ["get", kind, name, "--ignore-not-found", "-o", "name"]
+        out = self.kubectl.run(*args, *(["-n", namespace] if namespace else []))
+        return bool(out.stdout.strip())
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Manifest:
+        out = self.kubectl.run("get", kind, name, "-o", "yaml", *(["-n", namespace] if namespace else []))
+        obj: Manifest = yaml.safe_load(out.stdout)
+        return obj
+
+    def install(self, *values: str, chart: Path = CHART) -> None:
+        self.helm.run("install", self.name, str(chart), "--wait", "--timeout", "120s", *values)
+        self.installed = True
+
+    def upgrade(self, *values: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+        return self.helm.run("upgrade", self.name, str(chart), "--wait", "--timeout", "120s", *values)
+
+    def uninstall(self) -> None:
+        if self.installed:
+            self.helm.run("uninstall", self.name, "--wait", "--timeout", "120s")
+            self.installed = False
+
+    def deployment(self) -> Manifest:
+        return self.get("deployment", self.fullname, self.namespace)
+
+    def cleanup(self) -> None:
+        self.uninstall()
+        for crd in set(PEERING_CRDS) - self.peering_crds_before:  # Helm never deletes crds/: we created them
+            self.kubectl.run("delete", "crd", crd, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture()
+def release(cluster: Any, kubectl: Kubectl, namespace: str) -> Iterator[Release]:
+    rel = Release(Helm(Path(cluster.bin_dir) / "helm", Path(cluster.kubeconfig), namespace), kubectl, namespace)
+    try:
+        yield rel
+    finally:
+        rel.cleanup()
+
+
+@pytest.fixture()
+def adopted_crd(kubectl: Kubectl, crd_installed: None, release: Release) -> Iterator[None]:
+    """Let the release take over the session's KimiDeployment CRD (Helm adopts objects carrying its ownership
+    metadata), as on a cluster where someone ran `kubectl apply -f crds/` before `helm install`; restore after."""
+    meta = [f"meta.helm.sh/release-name={release.name}", f"meta.helm.sh/release-namespace={release.namespace}"]
+    kubectl.run("annotate", "--overwrite", "crd", CRD_NAME, *meta)
+    kubectl.run("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
+    try:
+        yield
+    finally:
+        release.uninstall()
+        kubectl.run("annotate", "crd", CRD_NAME, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-")
+        kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+
+
+def _uid(obj: Manifest) -> str:
+    return str(obj["metadata"]["uid"])
+
+
+def test_install_upgrade_uninstall_never_delete_the_crd_or_kimideployments(
+    release: Release, kubectl: Kubectl, adopted_crd: None, tmp_path: Path, namespace: str
+) -> None:
+    release.install("--set", "crds.enabled=true")
+    crd = release.get("crd", CRD_NAME)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["labels"]["helm.sh/chart"] == "kimi-operator-0.1.0"
+    for kind, name, ns in [
+        ("clusterrole", release.fullname, None),
+        ("clusterrolebinding", release.fullname, None),
+        ("clusterkopfpeering", release.fullname, None),
+        ("serviceaccount", release.fullname, namespace),
+        ("service", f"{release.fullname}-metrics", namespace),
+        *[("crd", c, None) for c in PEERING_CRDS],
+    ]:
+        assert release.exists(kind, name, ns), f"{kind}/{name} not created"
+    dep = release.deployment()
+    assert dep["status"]["readyReplicas"] == 2
+    kubectl.apply(
+        {**kd("kept", topology={"accelerator": "H200"}), "metadata": {"name": "kept", "namespace": namespace}}
+    )
+    kd_uid = _uid(release.get("kd", "kept", namespace))
+
+    # A chart version bump and a changed value.
+    bumped = tmp_path / "kimi-operator"
+    shutil.copytree(CHART, bumped)
+    meta = bumped / "Chart.yaml"
+    meta.write_text(meta.read_text().replace("version: 0.1.0", "version: 0.1.1"))
+    release.upgrade("--reuse-values", "--set", "operator.resyncSeconds=30", chart=bumped)
+    env = {e["name"]: e.get("value") for e in release.deployment()["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KIMI_RESYNC_SECONDS"] == "30"
+    crd_after = release.get("crd", CRD_NAME)
+    assert _uid(crd_after) == _uid(crd) and crd_after["metadata"]["labels"]["helm.sh/chart"] == "kimi-operator-0.1.1"
+    assert _uid(release.get("kd", "kept", namespace)) == kd_uid
+
+    # The CRD leaves the rendered manifests: without the keep policy Helm would delete it here, and with it
+    # every KimiDeployment in the cluster.
+    release.upgrade("--reuse-values", "--set", "crds.enabled=false", chart=bumped)
+    assert _uid(release.get("crd", CRD_NAME)) == _uid(crd)
+    assert _uid(release.get("kd", "kept", namespace)) == kd_uid
+
+    release.uninstall()
+    assert _uid(release.get("crd", CRD_NAME)) == _uid(crd)
+    assert _uid(release.get("kd", "kept", namespace)) == kd_uid
+    for kind, name in [("clusterrole", release.fullname), ("clusterkopfpeering", release.fullname)]:
+        assert not release.exists(kind, name), f"{kind}/{name} left behind by helm uninstall"
+    assert not release.exists("deployment", release.fullname, namespace)
+
+
+# ------------------------------------------------------------------------------------------------ the real operator
+
+
+def sa_kubeconfig(api: client.ApiClient, admin_kubeconfig: Path, namespace: str, account: str, out: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount with a short-lived TokenRequest token."""
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    issued = client.CoreV1Api(api).create_namespaced_service_account_token(account, namespace, request).status
+    assert issued is not None
+    token = issued.token
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
+    if "certificate-authority" in cluster:
+        cluster = {
+            "server": cluster["server"],
+            "certificate-authority-data": base64.b64encode(
+                Path(cluster["certificate-authority"]).read_bytes()
+            ).decode(),
+        }
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "test", "user": account, "namespace": namespace}}],
+        "current-context": account,
+    }
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
+class ChartOperator:
+    """`kimi-operator run` with the command line and environment of the chart's Deployment, as a local process.
+    Only what cannot work outside a pod changes: the liveness/metrics ports (free local ones) and the identity."""
+
+    def __init__(self, deployment: Manifest, kubeconfig: Path, log: Path, identity: str) -> None:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["kimi-operator"], container["command"]
+        self.metrics_port = free_port()
+        self.args = [
+            f"--liveness=http://127.0.0.1:{free_port()}/healthz" if a.startswith("--liveness=") else a
+            for a in container["args"]
+        ]
+        self.env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        self.env.update(KIMI_METRICS_PORT=str(self.metrics_port), POD_ID=identity)
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
+        helped = subprocess.run(
+            [sys.executable, "-m", "kimi_operator.cli", "run", "--help"], capture_output=True, text=True, env=env
+        )
+        for arg in self.args[1:]:
+            flag = arg.split("=", 1)[0]
+            assert flag in helped.stdout, f"the chart passes {flag} but `kimi-operator run` has no such option"
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kimi_operator.cli", *self.args],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self._up, timeout=60, what=f"the operator's /metrics on port {self.metrics_port}")
+
+    def _up(self) -> bool | NotYet:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            self.metrics()
+        except OSError as err:
+            return NotYet(err)
+        return True
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def sample(self, name: str, **labels: str) -> float:
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        total = 0.0
+        for m in re.finditer(rf"^{name}\{{([^}}]*)\}} ([0-9.e+]+)$", self.metrics(), re.M):
+            have = ",".join(sorted(m.group(1).split(",")))
+            if not labels or have == want:
+                total += float(m.group(2))
+        return total
+
+    def tail(self, lines: int = 30) -> str:
+        """The last log lines, after every warning and error line."""
+        if not self.log.exists():
+            return ""
+        text = self.log.read_text(errors="replace").splitlines()
+        problems = [line for line in text if re.search(r"WARNING|ERROR|Traceback|failed", line)]
+        return "\n".join([*problems[-20:], "...", *text[-lines:]])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+@pytest.fixture()
+def operators() -> Iterator[list[ChartOperator]]:
+    started: list[ChartOperator] = []
+    try:
+        yield started
+    finally:
+        for op in started:
+            op.stop()
+
+
+def wait_ready(api: client.ApiClient, namespace: str, name: str, timeout: float = 120) -> Manifest:
+    k = kube.Kube(api)
+
+    def check() -> Manifest | NotYet:
+        obj = k.get_kd(namespace, name)
+        if obj is None:
+            return NotYet("no KimiDeployment")
+        generation = obj["metadata"].get("generation")
+        for c in obj.get("status", {}).get("conditions", []):
+            if c["type"] == "Ready" and c["status"] == "True" and c.get("observedGeneration") == generation:
+                return obj
+        return NotYet(obj.get("status", {}).get("conditions"))
+
+    return wait_for(check, timeout=timeout, what=f"KimiDeployment {namespace}/{name} Ready")
+
+
+@pytest.fixture()
+def weights_volume(kubectl: Kubectl, namespace: str) -> Iterator[Callable[[str], None]]:
+    """weights_volume(kd_name): a PV pre-bound to that KimiDeployment's weights claim; deleted after the test."""
+    made: list[str] = []
+
+    def make(kd_name: str) -> None:
+        weights_pv(kubectl, namespace, f"{kd_name}-weights")
+        made.append(f"{namespace}-{kd_name}-weights")
+
+    try:
+        yield make
+    finally:
+        for pv in made:
+            kubectl.run("delete", "pv", pv, "--ignore-not-found", "--wait=false")
+
+
+def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_sees_no_drift(
+    cluster: Any,
+    kube_api: client.ApiClient,
+    kubectl: Kubectl,
+    crd_installed: None,
+    release: Release,
+    operators: list[ChartOperator],
+    weights_volume: Callable[[str], None],
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    weights_volume("served")
+    release.install("--set", "crds.enabled=false", "--set", "operator.resyncSeconds=5")
+    kubeconfig = sa_kubeconfig(kube_api, Path(cluster.kubeconfig), namespace, release.fullname, tmp_path / "sa")
+    as_sa = Kubectl(kubectl.binary, kubeconfig)
+
+    # What the ServiceAccount must not do.
+    for verb, resource, scope in [
+        ("list", "secrets", ["-A"]),
+        ("get", "secrets", ["-n", namespace]),
+        ("delete", "nodes", []),
+        ("create", "pods", ["-n", namespace]),
+        ("patch", "kimideployments.kimi-operator.dev", ["-n", namespace]),
+        ("delete", "customresourcedefinitions", []),
+        ("create", "clusterrolebindings", []),
+    ]:
+        answer = as_sa.run("auth", "can-i", verb, resource, *scope, check=False).stdout.strip()
+        assert answer == "no", f"the operator's ServiceAccount may {verb} {resource} {' '.join(scope)}"
+    refused = as_sa.run("get", "secrets", "-A", check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
+
+    op = ChartOperator(release.deployment(), kubeconfig, tmp_path / "operator.log", "chart-operator-0")
+    operators.append(op)
+    op.start()
+
+    manifest = yaml.safe_dump(
+        {
+            **kd("served", model=MODEL, topology={"accelerator": "H200"}, replicas=2),
+            "metadata": {"name": "served", "namespace": namespace},
+        }
+    )
+    apply = ["apply", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-f", "-"]
+    kubectl.run(*apply, stdin=manifest)
+    obj = wait_ready(kube_api, namespace, "served")
+    assert obj["status"]["readyReplicas"] == 2
+
+    k = kube.Kube(kube_api)
+    reasons = {
+        e["reason"]
+        for e in k.list_of(kube.EVENTS, namespace, "")
+        if e["involvedObject"].get("name") == "served" and e.get("reportingComponent") == kube.FIELD_MANAGER
+    }
+    assert {"Downloading", "Ready"} <= reasons, reasons
+    children = {(m["kind"], m["metadata"]["name"]) for m in k.list_children(namespace, "")[0].values()}
+    assert {("Deployment", "served"), ("Service", "served"), ("PodDisruptionBudget", "served")} <= children
+
+    assert op.sample("kimi_operator_reconciles_total", result="ok") > 0, op.tail()
+    assert op.sample("kimi_operator_reconciles_total", result="error") == 0, op.tail()
+    writes = {
+        (m.group(1), m.group(2))
+        for m in re.finditer(
+            r'^kimi_operator_api_writes_total\{outcome="([^"]+)",verb="([^"]+)"\} [1-9]', op.metrics(), re.M
+        )
+    }
+    assert {("ok", "PATCH"), ("ok", "POST")} <= writes and {o for o, _ in writes} == {"ok"}, writes
+    log = (tmp_path / "operator.log").read_text()
+    assert not re.search(r"\b403\b|[Ff]orbidden", log), "the operator was refused something:\n" + op.tail()
+
+    # GitOps: the same manifest, applied again by the same field manager, changes nothing; `kubectl diff` agrees.
+    diff = kubectl.run(
+        "diff", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-f", "-", stdin=manifest, check=False
+    )
+    assert diff.returncode == 0 and diff.stdout == "", (
+        f"drift after the operator reconciled:\n{diff.stdout}{diff.stderr}"
+    )
+    generation = obj["metadata"]["generation"]
+    kubectl.run(*apply, stdin=manifest)
+    assert k.get_kd(namespace, "served")["metadata"]["generation"] == generation  # type: ignore[index]
+    fields = k.get_kd(namespace, "served")["metadata"]["managedFields"]  # type: ignore[index]
+    spec_managers = {f["manager"] for f in fields if not f.get("subresource")}
+    assert spec_managers == {GITOPS_MANAGER}, f"someone else owns fields of the object: {spec_managers}"
+
+
+def test_two_operator_replicas_one_works_and_the_other_takes_over(
+    cluster: Any,
+    kube_api: client.ApiClient,
+    kubectl: Kubectl,
+    crd_installed: None,
+    release: Release,
+    operators: list[ChartOperator],
+    weights_volume: Callable[[str], None],
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    weights_volume("ha")
+    # Namespace mode: Roles and a KopfPeering in the watched namespace, and the peering arguments of 2 replicas.
+    release.install("--set", "crds.enabled=false", "--set", f"watchNamespaces={{{namespace}}}")
+    assert release.exists("kopfpeering", release.fullname, namespace)
+    kubeconfig = sa_kubeconfig(kube_api, Path(cluster.kubeconfig), namespace, release.fullname, tmp_path / "sa")
+    first = ChartOperator(release.deployment(), kubeconfig, tmp_path / "first.log", "chart-operator-0")
+    second = ChartOperator(release.deployment(), kubeconfig, tmp_path / "second.log", "chart-operator-1")
+    operators.extend([first, second])
+    first.start()
+    second.start()
+
+    def both_peered() -> bool | NotYet:
+        status = release.get("kopfpeering", release.fullname, namespace).get("status") or {}
+        return {"chart-operator-0", "chart-operator-1"} <= set(status) or NotYet(status)
+
+    wait_for(both_peered, timeout=30, what="both operators in the KopfPeering")
+    kubectl.apply(
+        {**kd("ha", model=MODEL, topology={"accelerator": "H200"}), "metadata": {"name": "ha", "namespace": namespace}}
+    )
+    wait_ready(kube_api, namespace, "ha")
+    assert first.sample("kimi_operator_reconciles_total") > 0, first.tail()
+    assert second.sample("kimi_operator_reconciles_total") == 0, "the standby reconciled:\n" + second.tail()
+
+    first.stop()  # a graceful exit removes it from the peering at once
+    kubectl.run("scale", "kd", "ha", "--replicas=2", "-n", namespace)
+
+    def scaled() -> bool | NotYet:
+        dep = kube.Kube(kube_api).get(kube.CHILD_TYPES["Deployment"], namespace, "ha") or {}
+        replicas = dep.get("spec", {}).get("replicas")
+        return replicas == 2 or NotYet(f"Deployment replicas {replicas}")
+
+    wait_for(scaled, timeout=60, what="the standby to take over and scale the Deployment to 2")
+    wait_ready(kube_api, namespace, "ha")
+    assert second.sample("kimi_operator_reconciles_total", result="ok") > 0, second.tail()
