@@ -2,7 +2,8 @@
 # make demo: a local control plane with simulated 8x H200 nodes, the CRD, the operator, and
 # examples/kimi-k2.5-h200.yaml going Ready. What is simulated: the GPUs and the containers (kwok marks pods
 # Running/Ready and completes the weights Job, so no bytes are downloaded), the storage (a hostPath PV pre-bound to
-# the weights claim) and SGLang itself (a stand-in engine, a test double, answers on each serving pod's IP).
+# the weights claim), the Hugging Face Hub (a Hub stand-in, a test double, resolves the revision to a commit) and
+# SGLang itself (a stand-in engine, a test double, answers on each serving pod's IP).
 # Everything else - API server, controller manager, scheduler, the operator - is real.
 #
 #   make demo            run it, show the result, stop everything
@@ -19,7 +20,7 @@ EXAMPLE=${EXAMPLE:-examples/kimi-k2.5-h200.yaml}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 if [ "${1:-}" = "down" ]; then
-  for f in "$DIR/operator.pid" "$DIR/standin.pid"; do
+  for f in "$DIR/operator.pid" "$DIR/standin.pid" "$DIR/hub.pid"; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"
   done
@@ -59,8 +60,13 @@ spec:
 PV
 echo "PersistentVolume demo-${KD_NAME}-weights (hostPath, simulated) pre-bound to default/${KD_NAME}-weights"
 
-say "3/5 operator (kimi-operator run) and stand-in engines (test double for SGLang on pod IPs)"
-KUBECONFIG=$KCFG KIMI_METRICS_PORT=0 KIMI_RESYNC_SECONDS=10 \
+say "3/5 operator (kimi-operator run), Hub stand-in and stand-in engines (test doubles for the Hub and SGLang)"
+nohup "$PY" -m kimi_testbed.hub --repo moonshotai/Kimi-K2.5 --shards 2 --shard-mb 1 >"$DIR/hub.log" 2>&1 &
+echo $! >"$DIR/hub.pid"
+for _ in $(seq 1 50); do grep -q '^export HF_ENDPOINT=' "$DIR/hub.log" 2>/dev/null && break; sleep 0.2; done
+HF_ENDPOINT=$(sed -n 's/^export HF_ENDPOINT=//p' "$DIR/hub.log")
+echo "Hub stand-in at $HF_ENDPOINT"
+HF_ENDPOINT=$HF_ENDPOINT KUBECONFIG=$KCFG KIMI_METRICS_PORT=0 KIMI_RESYNC_SECONDS=10 \
   nohup "$PY" -m kimi_operator.cli run --liveness http://127.0.0.1:0/healthz >"$DIR/operator.log" 2>&1 &
 echo $! >"$DIR/operator.pid"
 nohup "$PY" -m kimi_testbed.harness --kubeconfig "$KCFG" --namespace default \
