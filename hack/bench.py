@@ -25,6 +25,7 @@ import yaml
 from kimi_operator import kube
 from kimi_testbed.cluster import Cluster
 from kimi_testbed.operator_proc import OperatorProcess
+from kimi_testbed.storage import prebound_pv
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "kimi-operator.dev_kimideployments.yaml"
@@ -62,17 +63,7 @@ class Bench:
 
     def kd_and_pv(self, ns: str, name: str, replicas: int = 1) -> list[dict[str, Any]]:
         return [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": f"{ns}-{name}-weights", "labels": {"bench": ns}},
-                "spec": {
-                    "capacity": {"storage": "2Ti"},
-                    "accessModes": ["ReadWriteMany"],
-                    "hostPath": {"path": f"/tmp/bench/{ns}/{name}"},
-                    "claimRef": {"namespace": ns, "name": f"{name}-weights"},
-                },
-            },
+            prebound_pv(ns, f"{name}-weights"),
             {
                 "apiVersion": "kimi-operator.dev/v1alpha1",
                 "kind": "KimiDeployment",

@@ -11,6 +11,7 @@ from kubernetes import client
 
 from kimi_operator import kube
 from kimi_testbed.operator_proc import OperatorProcess
+from kimi_testbed.storage import prebound_pv
 from kimi_testbed.wait import NotYet, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,20 +56,7 @@ def in_ns(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
 
 def weights_pv(kubectl: Kubectl, namespace: str, claim: str) -> None:
     """A PV pre-bound to the claim the operator will create (the test cluster has no storage provisioner)."""
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"{namespace}-{claim}", "labels": {"kimi-test": namespace}},
-            "spec": {
-                "capacity": {"storage": "2Ti"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": f"/tmp/kimi-test/{namespace}/{claim}"},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        }
-    )
+    kubectl.apply(prebound_pv(namespace, claim))
 
 
 TYPES = {**kube.CHILD_TYPES, "Pod": kube.PODS, "Event": kube.EVENTS, "KimiDeployment": kube.KD}
