@@ -5,6 +5,7 @@ PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator
 CLUSTER ?= default
+BIN_DIR ?= $(or $(KIMI_TESTBED_BIN_DIR),$(or $(KIMI_CACHE_DIR),$(HOME)/.cache/kimi-operator)/bin/current)
 
 .PHONY: help
 help: ## List the targets
@@ -33,8 +34,14 @@ cluster-down: ## Stop the local control plane started by cluster-up
 	$(PY) -m kimi_testbed.cluster down --name $(CLUSTER)
 
 .PHONY: crds
-crds: venv ## Regenerate crds/ from the pydantic models
+crds: venv ## Regenerate crds/ and the charts' copies from the models
 	$(PY) -m kimi_operator.api.crd --write crds/
+	$(PY) hack/chart_crds.py
+
+.PHONY: chart-lint
+chart-lint: venv bins ## helm lint --strict both charts; hadolint the operator Dockerfile
+	$(BIN_DIR)/helm lint --strict charts/kimi-operator charts/kimi-deployments --kube-version 1.36.3
+	.venv/bin/hadolint images/operator/Dockerfile
 
 .PHONY: docs
 docs: venv ## Regenerate docs/api.md from the models
@@ -55,7 +62,7 @@ typecheck: venv ## mypy --strict
 	.venv/bin/mypy
 
 .PHONY: unit
-unit: venv ## Unit tests (fast, no cluster)
+unit: venv bins ## Unit tests (no cluster; the chart tests use the helm binary from `make bins`)
 	$(PY) -m pytest -q tests/unit
 
 .PHONY: contract

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -190,8 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("crd", help="print the KimiDeployment CRD")
     c.set_defaults(func=cmd_crd)
     args = parser.parse_args(argv)
-    if args.cmd == "run":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     rc: int = args.func(args)
     return rc
 

@@ -13,6 +13,7 @@ DEFAULT_OPERATOR_IMAGE = f"ghcr.io/kimi-operator/kimi-operator:{__version__}"
 @dataclass(frozen=True)
 class OperatorConfig:
     operator_image: str = DEFAULT_OPERATOR_IMAGE
+    engine_image: str = ""  # SGLang image when spec.engine.image is unset (empty: the catalog's pin)
     resync_seconds: int = 60
     workers: int = 4
     metrics_port: int = 8080
@@ -26,6 +27,7 @@ class OperatorConfig:
         env = os.environ
         return cls(
             operator_image=env.get("KIMI_OPERATOR_IMAGE", DEFAULT_OPERATOR_IMAGE),
+            engine_image=env.get("KIMI_ENGINE_IMAGE", ""),
             resync_seconds=int(env.get("KIMI_RESYNC_SECONDS", "60")),
             workers=int(env.get("KIMI_WORKERS", "4")),
             metrics_port=int(env.get("KIMI_METRICS_PORT", "8080")),

@@ -180,6 +180,7 @@ class Kube:
                 "PATCH",
                 PODS.path(namespace, name),
                 body={"metadata": {"annotations": annotations}},
+                query=[("fieldManager", FIELD_MANAGER)],
                 content_type="application/merge-patch+json",
             )
         except KubeError as err:
@@ -191,6 +192,7 @@ class Kube:
             "PATCH",
             KD.path(namespace, name) + "/status",
             body={"status": status},
+            query=[("fieldManager", FIELD_MANAGER)],
             content_type="application/merge-patch+json",
         )
 

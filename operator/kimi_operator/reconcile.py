@@ -402,6 +402,8 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     job_key = f"{p.repo}@{spec.model.revision}"
     if commit:
         p = p.model_copy(update={"revision": commit})
+    if config.engine_image and not spec.engine.image:
+        p = p.model_copy(update={"image": config.engine_image})
     key = render.weights_key(p)
     job = observed.children.get(("Job", names.job))
     weights = _weights(old_status.get("weights") or {}, job, key, job_key, names.pvc, observed, rec, now)

@@ -104,7 +104,7 @@ class Release:
     def cleanup(self) -> None:
         self.uninstall()
         for crd in set(PEERING_CRDS) - self.peering_crds_before:  # Helm never deletes crds/: we created them
-            self.kubectl.run("delete", "crd", crd, "--ignore-not-found", "--wait=false")
+            self.kubectl.run("delete", "crd", crd, "--ignore-not-found", "--timeout=30s")
 
 
 @pytest.fixture()
@@ -391,16 +391,19 @@ def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_se
     assert {("Deployment", "served"), ("Service", "served"), ("PodDisruptionBudget", "served")} <= children
 
     assert op.sample("kimi_operator_reconciles_total", result="ok") > 0, op.tail()
-    assert op.sample("kimi_operator_reconciles_total", result="error") == 0, op.tail()
-    writes = {
-        (m.group(1), m.group(2))
-        for m in re.finditer(
-            r'^kimi_operator_api_writes_total\{outcome="([^"]+)",verb="([^"]+)"\} [1-9]', op.metrics(), re.M
-        )
-    }
-    assert {("ok", "PATCH"), ("ok", "POST")} <= writes and {o for o, _ in writes} == {"ok"}, writes
     log = (tmp_path / "operator.log").read_text()
-    assert not re.search(r"\b403\b|[Ff]orbidden", log), "the operator was refused something:\n" + op.tail()
+    assert f"reconcile {namespace}/served failed" not in log, op.tail()
+    # Cluster-wide, it also meets other tests' KimiDeployments in namespaces being deleted; the API server refuses
+    # new objects there (403, reason NamespaceTerminating). Every other refusal would be missing RBAC.
+    denied = [
+        line
+        for line in log.splitlines()
+        if re.search(r"[Ff]orbidden|status=403", line) and "NamespaceTerminating" not in line
+    ]
+    assert not denied, "the operator was refused something:\n" + "\n".join(denied[:5])
+    metrics = op.metrics()
+    for verb in ("PATCH", "POST"):  # server-side applies and status patches; events
+        assert re.search(rf'^kimi_operator_api_writes_total\{{outcome="ok",verb="{verb}"\}} [1-9]', metrics, re.M)
 
     # GitOps: the same manifest, applied again by the same field manager, changes nothing; `kubectl diff` agrees.
     diff = kubectl.run(

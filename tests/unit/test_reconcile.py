@@ -408,3 +408,14 @@ def test_switching_one_node_to_two_removes_the_old_workload_before_the_new_one_a
     assert back.delete == [("LeaderWorkerSet", "kd")] and back.apply == []
     s.pods = []
     assert _kinds(s.step()) == [("Deployment", "kd")]
+
+
+def test_the_operators_default_engine_image_applies_unless_the_spec_sets_one() -> None:
+    config = OperatorConfig(operator_image="op:test", engine_image="registry.local/sglang:pinned")
+    for spec, image in (({}, "registry.local/sglang:pinned"), ({"engine": {"image": "mine:1"}}, "mine:1")):
+        s = Server(spec)
+        s.step()
+        s.job_succeeds()
+        actions = reconcile.decide(s.observed(), config, NOW)
+        dep = next(m for m in actions.apply if m["kind"] == "Deployment")
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == image
