@@ -24,6 +24,7 @@ import yaml
 
 from kimi_operator import kube
 from kimi_testbed.cluster import Cluster
+from kimi_testbed.hub import HubStandIn, RepoLayout
 from kimi_testbed.operator_proc import OperatorProcess
 from kimi_testbed.storage import prebound_pv
 
@@ -105,7 +106,11 @@ def main() -> int:
 
     cluster = Cluster.start(args.cluster)
     log_dir = Path(tempfile.mkdtemp(prefix="kimi-bench-"))
-    op = OperatorProcess(cluster.kubeconfig, log_dir, resync_seconds=args.resync_seconds)
+    # the Hub stand-in (a test double) answers the operator's revision lookups
+    hub = HubStandIn(RepoLayout(repo_id="moonshotai/Kimi-K2.5", shards=1, shard_bytes=1 << 20, decoys=False)).start()
+    op = OperatorProcess(
+        cluster.kubeconfig, log_dir, resync_seconds=args.resync_seconds, extra_env={"HF_ENDPOINT": hub.endpoint}
+    )
     results: dict[str, Any] = {}
     try:
         b = Bench(cluster)
@@ -184,6 +189,7 @@ def main() -> int:
         print(f"children latencies (ms): {[round(x * 1000) for x in to_children]}")
     finally:
         op.stop()
+        hub.stop()
         cluster.stop(remove=True)
     return 0
 
