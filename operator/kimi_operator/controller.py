@@ -104,6 +104,13 @@ def reconcile_one(
         kube.apply(manifest)
     if actions.status is not None:
         kube.patch_status(namespace, name, actions.status)
+        weights = actions.status.get("weights")
+        if isinstance(weights, dict):
+            ready = any(
+                c.get("type") == "WeightsReady" and c.get("status") == "True"
+                for c in actions.status.get("conditions") or []
+            )
+            metrics.observe_weights(namespace, name, weights, ready)
     for ev in actions.events:
         kube.event(body, ev.type, ev.reason, ev.message)
     if actions.explanation:
@@ -139,6 +146,7 @@ class WorkQueue:
 
     def forget(self, key: Key) -> None:
         self.known.discard(key)
+        metrics.forget_weights(*key)
         self.failures.pop(key, None)
         metrics.MANAGED.set(len(self.known))
 

@@ -25,6 +25,28 @@ QUEUE_DEPTH = Gauge("kimi_operator_workqueue_depth", "KimiDeployments waiting to
 MANAGED = Gauge("kimi_operator_kimideployments", "KimiDeployments known to the operator")
 
 _KD = ["namespace", "name"]
+WEIGHTS_BYTES_DONE = Gauge("kimi_operator_weights_bytes_done", "Bytes of the checkpoint on the volume", _KD)
+WEIGHTS_BYTES_TOTAL = Gauge("kimi_operator_weights_bytes_total", "Bytes of the checkpoint to download", _KD)
+WEIGHTS_READY = Gauge("kimi_operator_weights_ready", "1 when the snapshot is complete and verified", _KD)
+
+
+def observe_weights(namespace: str, name: str, weights: dict[str, object], ready: bool) -> None:
+    """Download progress as the fetcher last reported it (set whenever status.weights is written)."""
+    done, total = weights.get("bytesDone"), weights.get("bytesTotal")
+    if isinstance(total, int):
+        WEIGHTS_BYTES_TOTAL.labels(namespace, name).set(total)
+        WEIGHTS_BYTES_DONE.labels(namespace, name).set(total if ready else (done if isinstance(done, int) else 0))
+    elif ready:
+        WEIGHTS_BYTES_DONE.labels(namespace, name).set(0)
+    WEIGHTS_READY.labels(namespace, name).set(1 if ready else 0)
+
+
+def forget_weights(namespace: str, name: str) -> None:
+    for gauge in (WEIGHTS_BYTES_DONE, WEIGHTS_BYTES_TOTAL, WEIGHTS_READY):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
+
+
 AUTOSCALER_QUEUE = Gauge("kimi_operator_autoscaler_queue_depth", "Queued requests summed over ready replicas", _KD)
 AUTOSCALER_RUNNING = Gauge("kimi_operator_autoscaler_running_requests", "Running requests over ready replicas", _KD)
 AUTOSCALER_DESIRED = Gauge("kimi_operator_autoscaler_desired_replicas", "Replicas the autoscaler wants", _KD)

@@ -43,6 +43,9 @@ def test_apply_downloads_then_serves_and_reports_ready(env: Env) -> None:
     reasons = {r for _, r in env.events("k25")}
     assert {"Downloading", "Downloaded", "Ready"} <= reasons
 
+    metrics = env.op.metrics()
+    assert f'kimi_operator_weights_ready{{name="k25",namespace="{env.ns}"}} 1.0' in metrics
+
     printed = env.run("get", "kd", "k25", "-o", "wide").stdout
     assert "1/1" in printed and "Ready" in printed and "100%" in printed and "1x8 H200 TP8" in printed
 

@@ -121,7 +121,7 @@ def new_stub(name: str) -> Stub:
 
 
 def _const(value: object) -> Callable[..., object]:
-    def answer(*args: object, **kwargs: object) -> object:  # noqa: ARG001
+    def answer(*args: object, **kwargs: object) -> object:
         return value
 
     return answer
