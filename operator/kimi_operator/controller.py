@@ -101,7 +101,10 @@ def reconcile_one(
     for key in actions.delete:
         kube.delete(key[0], namespace, key[1])
     for manifest in actions.apply:
-        kube.apply(manifest)
+        if manifest["kind"] == "Job":
+            kube.create(manifest)  # a Job's template is immutable: create it once, never re-apply
+        else:
+            kube.apply(manifest)
     if actions.status is not None:
         kube.patch_status(namespace, name, actions.status)
         weights = actions.status.get("weights")

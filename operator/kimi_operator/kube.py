@@ -163,6 +163,20 @@ class Kube:
         )
         return out
 
+    def create(self, manifest: Manifest) -> None:
+        """Create, tolerating AlreadyExists: for immutable children (Jobs) that must never be re-applied."""
+        rtype = CHILD_TYPES[manifest["kind"]]
+        try:
+            self._call(
+                "POST",
+                rtype.path(manifest["metadata"]["namespace"]),
+                body=manifest,
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
+        except KubeError as err:
+            if err.status != 409:
+                raise
+
     def delete(self, kind: str, namespace: str, name: str) -> None:
         try:
             self._call(

@@ -58,3 +58,13 @@ def operator(
 @pytest.fixture()
 def env(kube_api: client.ApiClient, namespace: str, kubectl: Kubectl, operator: OperatorProcess) -> Env:
     return Env(kube_api, namespace, kubectl, operator)
+
+
+@pytest.fixture
+def operator_paused(operator: OperatorProcess) -> Iterator[None]:
+    """Stop the shared operator while a test runs its own (two unpaused operators on one namespace would race)."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()

@@ -334,6 +334,7 @@ def weights_volume(kubectl: Kubectl, namespace: str) -> Iterator[Callable[[str],
             kubectl.run("delete", "pv", pv, "--ignore-not-found", "--wait=false")
 
 
+@pytest.mark.usefixtures("operator_paused")
 def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_sees_no_drift(
     cluster: Any,
     kube_api: client.ApiClient,
@@ -420,6 +421,7 @@ def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_se
     assert spec_managers == {GITOPS_MANAGER}, f"someone else owns fields of the object: {spec_managers}"
 
 
+@pytest.mark.usefixtures("operator_paused")
 def test_two_operator_replicas_one_works_and_the_other_takes_over(
     cluster: Any,
     kube_api: client.ApiClient,
