@@ -55,6 +55,16 @@ def _volume_problem(kube: Kube, namespace: str, pvc: Manifest | None, grace: int
     )
 
 
+def _completed_by_others(kube: Kube, namespace: str, name: str, claim: str) -> frozenset[str]:
+    """repo@commit keys other KimiDeployments in the namespace completed on the same volume."""
+    keys = {
+        (kd.get("status") or {}).get("weights", {}).get("completedKey", "")
+        for kd in kube.list_kds(namespace)
+        if kd["metadata"]["name"] != name and (kd.get("status") or {}).get("weights", {}).get("claimName") == claim
+    }
+    return frozenset(keys - {""})
+
+
 def observe(
     kube: Kube, resolver: Resolver, namespace: str, name: str, body: Manifest, volume_grace: int = 30
 ) -> reconcile.Observed:
@@ -66,14 +76,15 @@ def observe(
     model = spec.get("model") or {}
     repo, revision = model.get("repo", "moonshotai/Kimi-K2.5"), model.get("revision", "main")
     commit, error = None, ""
-    if not reconcile.pinned_commit(body.get("status") or {}, revision):
+    pinned = reconcile.pinned_commit(body.get("status") or {}, revision)
+    if not pinned:
         commit, error = resolver.resolve(repo, revision)
     claim = (spec.get("weights") or {}).get("existingClaimName") or f"{name}-weights"
-    completed = frozenset(
-        (kd.get("status") or {}).get("weights", {}).get("completedKey", "")
-        for kd in kube.list_kds(namespace)
-        if kd["metadata"]["name"] != name and (kd.get("status") or {}).get("weights", {}).get("claimName") == claim
-    ) - {""}
+    done = ((body.get("status") or {}).get("weights") or {}).get("completedKey")
+    if pinned and done == f"{repo}@{pinned}":
+        completed: frozenset[str] = frozenset()  # already complete here: no need to look at the neighbours
+    else:
+        completed = _completed_by_others(kube, namespace, name, claim)
     return reconcile.Observed(
         body,
         children,
