@@ -8,7 +8,6 @@ reconciled by two workers at once, and a burst of events for one key collapses i
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
 import time
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from kimi_operator import metrics, reconcile, render
 from kimi_operator.config import OperatorConfig
 from kimi_operator.hub import Resolver
 from kimi_operator.kube import Kube, KubeError
+from kimi_operator.timeutil import now_rfc3339, parse_rfc3339
 
 Manifest = dict[str, Any]
 
@@ -25,19 +25,12 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 
 
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def _volume_problem(kube: Kube, namespace: str, pvc: Manifest | None, grace: int) -> str:
     """Why the weights PVC has not bound, once it has been Pending for `grace` seconds (from its events)."""
     if pvc is None or (pvc.get("status") or {}).get("phase") != "Pending":
         return ""
-    created = pvc["metadata"].get("creationTimestamp", "")
-    try:
-        age = time.time() - calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
-    except ValueError:
-        age = 0.0
+    created = parse_rfc3339(pvc["metadata"].get("creationTimestamp", ""))
+    age = time.time() - created if created else 0.0
     if age < grace:
         return ""
     name = pvc["metadata"]["name"]
@@ -172,6 +165,11 @@ class WorkQueue:
         await asyncio.sleep(delay)
         self.enqueue(key)
 
+    def _schedule(self, key: Key, delay: float) -> None:
+        """Enqueue `key` again after `delay` seconds (finished timers are dropped from the task list)."""
+        self.tasks = [t for t in self.tasks if not t.done()]
+        self.tasks.append(asyncio.create_task(self._later(key, delay)))
+
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
@@ -181,8 +179,7 @@ class WorkQueue:
             try:
                 result = await asyncio.to_thread(reconcile_one, self.kube, self.config, *key, self.resolver)
                 if result is not None and result.requeue_after:
-                    self.tasks = [t for t in self.tasks if not t.done()]
-                    self.tasks.append(asyncio.create_task(self._later(key, result.requeue_after)))
+                    self._schedule(key, result.requeue_after)
                 if result is None:
                     self.forget(key)
                 self.failures.pop(key, None)
@@ -201,8 +198,7 @@ class WorkQueue:
                     err,
                     exc_info=level == logging.ERROR,
                 )
-                self.tasks = [t for t in self.tasks if not t.done()]
-                self.tasks.append(asyncio.create_task(self._later(key, delay)))
+                self._schedule(key, delay)
             finally:
                 self.active.discard(key)
                 self.queue.task_done()

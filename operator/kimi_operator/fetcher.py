@@ -43,12 +43,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Literal, cast
 
 from kimi_operator import __version__, weights
+from kimi_operator.timeutil import now_rfc3339
 from kimi_operator.weights import FetchProgress, Phase
 
 log = logging.getLogger("kimi_operator.fetcher")
@@ -742,7 +742,7 @@ class Fetcher:
                 self._sleep(2)
         f.seek(0)
         f.truncate()
-        f.write(f"pod={os.environ.get('POD_NAME') or socket.gethostname()} pid={os.getpid()} since={_now()}\n")
+        f.write(f"pod={os.environ.get('POD_NAME') or socket.gethostname()} pid={os.getpid()} since={now_rfc3339()}\n")
         f.flush()
         self._lock_files.append(f)
 
@@ -1066,7 +1066,7 @@ class Fetcher:
                 commit=snap.commit,
                 revision=snap.revision,
                 files=files,
-                completed_at=_now(),
+                completed_at=now_rfc3339(),
                 fetcher=f"kimi-operator {__version__}",
             )
             weights.atomic_write(snap.path / weights.MANIFEST_NAME, manifest.to_json())
@@ -1093,10 +1093,6 @@ def _one_line(err: BaseException) -> str:
     text = str(err).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _HF_CONFIGURED = False

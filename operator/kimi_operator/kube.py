@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import kubernetes
 
 from kimi_operator import metrics
 from kimi_operator.api.models import GROUP, KIND, PLURAL, VERSION
+from kimi_operator.timeutil import now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Kube:
 
     def event(self, owner: Manifest, type_: str, reason: str, message: str) -> None:
         meta = owner["metadata"]
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = now_rfc3339()
         body = {
             "apiVersion": "v1",
             "kind": "Event",

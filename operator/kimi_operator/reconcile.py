@@ -8,7 +8,6 @@ and no events, so an idle KimiDeployment costs zero API writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,6 +17,7 @@ from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
 from kimi_operator.planner import Plan, PlanError, plan
+from kimi_operator.timeutil import parse_rfc3339
 from kimi_operator.weights import COMMIT_RE, PROGRESS_ANNOTATION, FetchProgress, format_progress
 
 Manifest = dict[str, Any]
@@ -159,13 +159,6 @@ def _job_state(job: Manifest | None) -> tuple[str, str, str, str]:
     return "running", "", "", ""
 
 
-def _seconds(rfc3339: str) -> float:
-    try:
-        return datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def fetch_progress(fetch_pods: list[Manifest]) -> FetchProgress | None:
     """The newest progress record a fetch pod published on itself (kimi-operator.dev/fetch-progress)."""
     best: FetchProgress | None = None
@@ -234,7 +227,7 @@ def _weights(
                 "Failed",
             )
         wait = FETCH_BACKOFF_SECONDS[min(attempts - 1, len(FETCH_BACKOFF_SECONDS) - 1)]
-        due = _seconds(failed_at) + wait <= _seconds(now) if failed_at else True
+        due = parse_rfc3339(failed_at) + wait <= parse_rfc3339(now) if failed_at else True
         return _Weights(
             False,
             "FetchFailed",

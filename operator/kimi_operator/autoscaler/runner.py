@@ -21,14 +21,11 @@ from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.autoscaler import policy, sources
 from kimi_operator.engine.sglang import HTTP_PORT
 from kimi_operator.kube import Kube
+from kimi_operator.timeutil import now_rfc3339
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-
-
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def config_of(spec: KimiDeploymentSpec) -> policy.Config:
