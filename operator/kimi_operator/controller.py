@@ -72,6 +72,11 @@ def observe(
     pinned = reconcile.pinned_commit(body.get("status") or {}, revision)
     if not pinned:
         commit, error = resolver.resolve(repo, revision)
+    draft = ((spec.get("engine") or {}).get("speculative") or {}).get("draftRepo")
+    draft_commit = None
+    if draft and not reconcile.pinned_draft_commit(body.get("status") or {}, draft):
+        draft_commit, draft_error = resolver.resolve(draft, "main")
+        error = error or draft_error
     claim = (spec.get("weights") or {}).get("existingClaimName") or f"{name}-weights"
     done = ((body.get("status") or {}).get("weights") or {}).get("completedKey")
     if pinned and done == f"{repo}@{pinned}":
@@ -85,6 +90,7 @@ def observe(
         lws_installed="LeaderWorkerSet" not in missing,
         fetch_pods=fetch_pods,
         resolved_commit=commit,
+        draft_commit=draft_commit,
         resolve_error=error,
         completed_on_claim=completed,
         volume_problem=_volume_problem(kube, namespace, children.get(("PersistentVolumeClaim", claim)), volume_grace),

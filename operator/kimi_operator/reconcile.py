@@ -78,6 +78,7 @@ class Observed:
     lws_installed: bool = True
     fetch_pods: list[Manifest] = field(default_factory=list)
     resolved_commit: str | None = None  # the Hub's answer for spec.model.revision (None: unknown)
+    draft_commit: str | None = None  # the Hub's answer for the draft model's main branch, when there is one
     resolve_error: str = ""
     completed_on_claim: frozenset[str] = frozenset()  # repo@commit keys other KimiDeployments completed here
     volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
@@ -247,6 +248,15 @@ def _weights(
     return _Weights(False, "Downloading", f"downloading {job_key} into volume {claim}", "Downloading")
 
 
+def pinned_draft_commit(status: dict[str, Any], draft_repo: str | None) -> str | None:
+    """The draft model's commit pinned in status, while the spec still names the same draft repo."""
+    model = status.get("model") or {}
+    pinned = model.get("draftResolvedRevision")
+    if draft_repo and model.get("draftRepo") == draft_repo and isinstance(pinned, str) and COMMIT_RE.match(pinned):
+        return pinned
+    return None
+
+
 def pinned_commit(status: dict[str, Any], revision: str) -> str | None:
     """The commit status pinned for this spec revision: a moving branch never re-downloads by surprise."""
     model = status.get("model") or {}
@@ -404,6 +414,17 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         why = observed.resolve_error or "the fetcher did not report the commit it downloaded"
         weights = _Weights(
             False, "RevisionUnresolved", f"{job_key} is downloaded but its commit is unknown: {why}", "100%"
+        )
+    draft = spec.engine.speculative.draft_repo if spec.engine.speculative is not None else None
+    draft_commit = (pinned_draft_commit(old_status, draft) or observed.draft_commit) if draft else None
+    if draft_commit:
+        p = p.model_copy(update={"draft_commit": draft_commit})
+    elif draft and weights.ready:
+        weights = _Weights(
+            False,
+            "RevisionUnresolved",
+            f"the draft model {draft} has no resolved commit: {observed.resolve_error or 'the Hub could not be asked'}",
+            "100%",
         )
     scaler = old_status.get("autoscaler") or {}
     replicas = spec.effective_replicas(scaler.get("desiredReplicas"))
@@ -587,6 +608,8 @@ def _status(
             "servedModelName": p.served_model_name,
             "revision": spec.model.revision,
             "resolvedRevision": p.revision if resolved else None,
+            "draftRepo": spec.engine.speculative.draft_repo if spec.engine.speculative is not None else None,
+            "draftResolvedRevision": p.draft_commit or None,
         },
         "weights": weights_status,
         "plan": _plan_status(p),

@@ -170,7 +170,11 @@ def context(
             plan.revision,
             "--root",
             sglang.MODELS_MOUNT,
-            *(["--draft-repo", spec.engine.speculative.draft_repo] if spec.engine.speculative is not None else []),
+            *(
+                ["--draft-repo", spec.engine.speculative.draft_repo, "--draft-revision", plan.draft_commit or "main"]
+                if spec.engine.speculative is not None
+                else []
+            ),
         ],
         "hf_endpoint": config.hf_endpoint,
         "fetch_service_account": config.fetch_service_account,

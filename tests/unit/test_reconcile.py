@@ -56,6 +56,7 @@ class Server:
             self.pods,
             fetch_pods=self.fetch_pods,
             resolved_commit=self.hub.get(revision),
+            draft_commit=self.hub.get("draft"),
             resolve_error="" if revision in self.hub else "hub unreachable",
             completed_on_claim=self.completed_on_claim,
             volume_problem=self.volume_problem,
@@ -419,3 +420,30 @@ def test_the_operators_default_engine_image_applies_unless_the_spec_sets_one() -
         actions = reconcile.decide(s.observed(), config, NOW)
         dep = next(m for m in actions.apply if m["kind"] == "Deployment")
         assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == image
+
+
+def test_the_draft_model_is_served_from_the_commit_the_fetcher_downloads() -> None:
+    s = Server({"engine": {"speculative": {"draftRepo": "lightseekorg/kimi-k2.5-eagle3"}}})
+    s.hub["draft"] = "d" * 40
+    first = s.step()
+    job = next(m for m in first.apply if m["kind"] == "Job")
+    fetch = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert fetch[fetch.index("--draft-revision") + 1] == "d" * 40
+    s.job_succeeds()
+    dep = next(m for m in s.step().apply if m["kind"] == "Deployment")
+    cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--speculative-draft-model-path") + 1] == f"/models/lightseekorg/kimi-k2.5-eagle3/{'d' * 40}"
+    assert s.body["status"]["model"]["draftResolvedRevision"] == "d" * 40
+    s.hub["draft"] = "e" * 40  # the draft's branch moves: the pinned commit stays
+    s.step()
+    assert s.step().writes == 0
+
+
+def test_an_unresolvable_draft_model_holds_the_rollout() -> None:
+    s = Server({"engine": {"speculative": {"draftRepo": "lightseekorg/kimi-k2.5-eagle3"}}})
+    s.step()
+    s.job_succeeds()
+    actions = s.step()
+    assert all(m["kind"] != "Deployment" for m in actions.apply)
+    cond = _cond(s, "WeightsReady")
+    assert cond["reason"] == "RevisionUnresolved" and "kimi-k2.5-eagle3" in cond["message"]

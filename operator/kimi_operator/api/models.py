@@ -392,6 +392,8 @@ class ModelStatus(ApiModel):
     served_model_name: str | None = None
     revision: str | None = Field(default=None, description="The spec revision the commit was resolved from.")
     resolved_revision: str | None = Field(default=None, description="The commit served (pinned).")
+    draft_repo: str | None = Field(default=None, description="The speculative-decoding draft model, if any.")
+    draft_resolved_revision: str | None = Field(default=None, description="The draft commit served (pinned).")
 
 
 class WeightsStatus(ApiModel):

@@ -76,7 +76,7 @@ def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = Fals
             "--speculative-algorithm",
             "EAGLE3",
             "--speculative-draft-model-path",
-            f"{MODELS_MOUNT}/{spec_dec.draft_repo}/{plan.draft_commit or 'main'}",
+            snapshot_path(spec_dec.draft_repo, plan.draft_commit or "main"),
             "--speculative-num-steps",
             str(spec_dec.num_steps),
             "--speculative-eagle-topk",
