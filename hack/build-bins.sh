@@ -2,7 +2,7 @@
 # Build the local control plane's binaries from the Go module proxy, at the versions pinned in
 # hack/versions.env, into a cache outside the repo. Prints the bin directory on its last line.
 #
-#   kube-apiserver kube-controller-manager kube-scheduler kubectl  <- k8s.io/kubernetes (wrapper module)
+#   kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet <- k8s.io/kubernetes (wrapper module)
 #   etcd                                                           <- go.etcd.io/etcd/server/v3 (wrapper module)
 #   kwok, helm                                                     <- go install
 #   lws-controller                                                 <- sigs.k8s.io/lws/cmd (wrapper module)
@@ -18,7 +18,7 @@ source "$HERE/versions.env"
 
 CACHE_ROOT=${KIMI_CACHE_DIR:-$HOME/.cache/kimi-operator}
 GO_VERSION=$(go env GOVERSION)
-KEY=$( (cat "$HERE/versions.env"; echo "$GO_VERSION"; echo "recipe=2") | sha256sum | cut -c1-12)
+KEY=$( (cat "$HERE/versions.env"; echo "$GO_VERSION"; echo "recipe=3") | sha256sum | cut -c1-12)
 BIN="$CACHE_ROOT/bin/$KEY"
 WORK="$CACHE_ROOT/build/$KEY"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
@@ -60,6 +60,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 	_ "k8s.io/kubectl/pkg/cmd"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
@@ -71,7 +72,7 @@ GO
   ld="$ld -X k8s.io/client-go/pkg/version.gitMinor=$minor"
   (cd "$d" && go build -trimpath -tags selinux,notest -ldflags "$ld" -o "$BIN/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet)
 }
 
 build_etcd() {
@@ -135,7 +136,7 @@ lws_manifests() {
   chmod -R u+w "$BIN/lws-manifests"
 }
 
-have kube-apiserver && have kube-controller-manager && have kube-scheduler && have kubectl \
+have kube-apiserver && have kube-controller-manager && have kube-scheduler && have kubectl && have kubelet \
   || timed kubernetes build_kubernetes
 have etcd || timed etcd build_etcd
 have kwok || timed kwok go_install sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" kwok
