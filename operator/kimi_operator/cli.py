@@ -55,7 +55,7 @@ def plan_table(spec: KimiDeploymentSpec, name: str) -> str:
         f"  startup budget {p.startup_budget_seconds // 60} min, weights volume {p.weights_volume_size}",
         "  engine: " + " ".join(sglang.server_args(p, spec, multi_node=p.nodes_per_replica > 1)),
         "",
-        f"  {'gpus':>4} {'layout':<18} {'mem-frac':>8} {'weights/GPU':>11} {'KV/GPU':>8} {'KV tokens':>10} "
+        f"  {'gpus':>4} {'layout':<28} {'mem-frac':>8} {'weights/GPU':>11} {'KV/GPU':>8} {'KV tokens':>10} "
         f"{'full-ctx seqs':>13}  verdict",
     ]
     for c in p.candidates:
@@ -63,7 +63,7 @@ def plan_table(spec: KimiDeploymentSpec, name: str) -> str:
         verdict = "chosen" if chosen else ("fits" if c.fits else "no: " + c.why_not)
         where = f"{c.nodes} node{'s' if c.nodes > 1 else ''}" if c.gpus >= p.gpus_per_node else "part of a node"
         lines.append(
-            f"  {c.gpus:>4} {c.label + ' (' + where + ')':<18} {c.mem_fraction_static:>8.3f} "
+            f"  {c.gpus:>4} {c.label + ' (' + where + ')':<28} {c.mem_fraction_static:>8.3f} "
             f"{_gib(c.weights_bytes_per_gpu) + ' GiB':>11} {_gib(max(c.kv_budget_bytes_per_gpu, 0)) + ' GiB':>8} "
             f"{c.kv_cache_tokens:>10} {c.max_full_context_sequences:>13}  {verdict}"
         )
