@@ -90,7 +90,7 @@ def _smallest_node(kube: Kube, body: Manifest) -> tuple[int, int] | None:
                 sizes.append((int(quantity.parse(alloc["cpu"]) * 1000), int(quantity.parse(alloc["memory"]))))
             except (KeyError, ValueError):
                 continue
-        size = min(sizes) if sizes else None
+        size = (min(c for c, _ in sizes), min(m for _, m in sizes)) if sizes else None
     except KubeError as err:
         if err.status not in (403, 404):
             raise
