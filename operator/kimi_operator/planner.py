@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kimi_operator import catalog
 from kimi_operator.api.models import KimiDeploymentSpec, TopologySpec
+from kimi_operator.engine import flags
 
 MAX_AUTO_NODES = 4
 # Startup budget: a pessimistic weight read of 250 MB/s from network storage (single-threaded K2.5 load was
@@ -372,9 +373,10 @@ def _candidates(
 
 
 def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> None:
-    """Refuse engine options the checkpoint is known not to work with (catalog quirks, with their source)."""
-    joined = " ".join(extra_args)
-    if not ckpt.deepep_supported and "deepep" in joined and "--moe-a2a-backend" in joined:
+    """Refuse engine options the checkpoint is known not to work with (catalog quirks, with their source). Options
+    are matched by the field SGLang's parser maps them to, so `--moe-a2a=deepep` counts too."""
+    backend = (flags.values(extra_args, "moe_a2a_backend") or ["none"])[-1]
+    if not ckpt.deepep_supported and backend == "deepep":
         quirk = ckpt.quirks[0]
         raise PlanError(
             "UnsupportedByCheckpoint",
@@ -387,24 +389,18 @@ def _volume_size(weights_bytes: int) -> str:
     return f"{math.ceil(weights_bytes * 1.15 / catalog.GIB)}Gi"
 
 
-def _has_flag(extra_args: list[str], flag: str) -> bool:
-    return any(a.strip().split("=", 1)[0].split(" ", 1)[0] == flag for a in extra_args)
+def _has_flag(extra_args: list[str], dest: str) -> bool:
+    return bool(flags.values(extra_args, dest))
 
 
-def _int_flag(extra_args: list[str], flag: str) -> int | None:
-    """The integer value extraArgs give `flag` (`--flag N`, `--flag=N`; the last one wins, as in argparse)."""
-    value: int | None = None
-    for i, arg in enumerate(extra_args):
-        text = arg.strip()
-        raw = text.split("=", 1)[1] if text.startswith(flag + "=") else None
-        if text == flag and i + 1 < len(extra_args):
-            raw = extra_args[i + 1]
-        if raw is not None:
-            try:
-                value = int(raw.strip())
-            except ValueError:
-                continue
-    return value
+def _int_flag(extra_args: list[str], dest: str) -> int | None:
+    """The integer extraArgs give a ServerArgs field (the last, as in argparse), if any."""
+    for raw in reversed(flags.values(extra_args, dest)):
+        try:
+            return int(raw)
+        except ValueError:
+            continue
+    return None
 
 
 def plan(spec: KimiDeploymentSpec) -> Plan:
@@ -454,7 +450,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     speculative = eng.speculative
     max_running = (
         None
-        if speculative is None or _has_flag(eng.extra_args, "--max-running-requests")
+        if speculative is None or _has_flag(eng.extra_args, "max_running_requests")
         else speculative.max_running_requests
     )
     rdma = bool(topo.network.rdma_resource)
@@ -469,9 +465,9 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         speculative=speculative is not None,
         max_running_requests=max_running,
         language_model_only=eng.language_model_only or not ckpt.vision,
-        user_chunk=_has_flag(eng.extra_args, "--chunked-prefill-size"),
-        user_chunk_size=_int_flag(eng.extra_args, "--chunked-prefill-size"),
-        user_max_running=_int_flag(eng.extra_args, "--max-running-requests"),
+        user_chunk=_has_flag(eng.extra_args, "chunked_prefill_size"),
+        user_chunk_size=_int_flag(eng.extra_args, "chunked_prefill_size"),
+        user_max_running=_int_flag(eng.extra_args, "max_running_requests"),
     )
     candidates = _candidates(ckpt, acc, topo, opts)
     chosen = next((c for c in candidates if c.fits), None)

@@ -109,6 +109,9 @@ def test_delete_with_retain_off_removes_the_weights_volume(env: Env) -> None:
 def test_invalid_specs_are_refused_at_apply_time_with_the_reason(env: Env) -> None:
     out = env.apply(kd("bad", engine={"extraArgs": ["--tp=4"]}), check=False)
     assert out.returncode != 0 and "--tp=4 is set by the operator" in out.stderr
+    # An abbreviation SGLang's parser maps to an owned field is refused at admission too (generated CEL pattern).
+    out = env.apply(kd("bad", engine={"extraArgs": ["--mem-frac=0.95"]}), check=False)
+    assert out.returncode != 0 and "--mem-frac=0.95 is set by the operator" in out.stderr
     out = env.apply(kd("bad", topology={"accelerator": "TPU"}), check=False)
     assert out.returncode != 0 and "accelerator" in out.stderr
     out = env.apply(kd("bad", rollout={"maxSurge": 0, "maxUnavailable": 0}), check=False)

@@ -21,7 +21,6 @@ from kimi_operator import catalog
 from kimi_operator.api.models import (
     GROUP,
     KIND,
-    OWNED_FLAGS,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
@@ -30,10 +29,12 @@ from kimi_operator.api.models import (
     KimiDeploymentSpec,
     KimiDeploymentStatus,
 )
+from kimi_operator.engine.flags import owned_pattern
 
 Schema = dict[str, Any]
 
-OWNED_FLAGS_RE = "^(" + "|".join(OWNED_FLAGS) + ")([= ].*)?$"
+# Owned SGLang options with their aliases and unambiguous abbreviations (engine/flags.py, from SGLang's own parser).
+OWNED_FLAGS_RE = owned_pattern()
 
 # CEL rules, keyed by the dotted path of the schema node they sit on.
 CEL_RULES: dict[str, list[dict[str, str]]] = {

@@ -13,56 +13,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from kimi_operator.engine.flags import check_extra_args
+
 GROUP = "kimi-operator.dev"
 VERSION = "v1alpha1"
 KIND = "KimiDeployment"
 PLURAL = "kimideployments"
 SINGULAR = "kimideployment"
 SHORT_NAMES = ["kd", "kimi"]
-
-# Flags the operator renders itself from the plan. extraArgs must not set them: the operator would either be
-# overridden silently or produce a command line that SGLang rejects. Aliases are listed with their canonical name.
-OWNED_FLAGS: tuple[str, ...] = (
-    "--model-path",
-    "--model",
-    "--served-model-name",
-    "--tp",
-    "--tp-size",
-    "--tensor-parallel-size",
-    "--ep",
-    "--ep-size",
-    "--expert-parallel-size",
-    "--dp",
-    "--dp-size",
-    "--data-parallel-size",
-    "--enable-dp-attention",
-    "--attn-dp-size",
-    "--attention-data-parallel-size",
-    "--enable-ep-moe",
-    "--host",
-    "--port",
-    "--dist-init-addr",
-    "--nccl-init-addr",
-    "--nnodes",
-    "--node-rank",
-    "--trust-remote-code",
-    "--tool-call-parser",
-    "--reasoning-parser",
-    "--enable-metrics",
-    "--context-length",
-    "--mem-fraction-static",
-    "--kv-cache-dtype",
-    "--model-loader-extra-config",
-    "--speculative-algorithm",
-    "--speculative-draft-model-path",
-    "--speculative-num-steps",
-    "--speculative-eagle-topk",
-    "--speculative-num-draft-tokens",
-    "--pp-size",
-    "--pipeline-parallel-size",
-    "--dist-timeout",
-    "--language-model-only",
-)
 
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -303,16 +261,10 @@ class EngineSpec(ApiModel):
 
     @field_validator("extra_args")
     @classmethod
-    def _no_owned_flags(cls, value: list[str]) -> list[str]:
-        for arg in value:
-            flag = arg.split("=", 1)[0].split(" ", 1)[0]
-            if flag == "--enable-ep-moe":
-                raise ValueError("--enable-ep-moe was removed from SGLang; set engine.expertParallel: true")
-            if flag in OWNED_FLAGS:
-                raise ValueError(
-                    f"{flag} is set by the operator from the plan; use the matching spec field "
-                    "(model, topology or engine) instead"
-                )
+    def _extra_args_are_sglang_options_the_plan_does_not_set(cls, value: list[str]) -> list[str]:
+        problems = check_extra_args(value)
+        if problems:
+            raise ValueError("; ".join(p.message for p in problems))
         return value
 
 
