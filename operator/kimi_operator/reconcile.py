@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kimi_operator import render
+from kimi_operator import quantity, render
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
@@ -85,21 +85,37 @@ class Observed:
     node_allocatable: tuple[int, int] | None = None  # (millicores, bytes) of the smallest matching node, if known
 
 
-def is_subset(desired: Any, observed: Any) -> bool:
-    """True when every field we set is present with the same value (the server may add defaults)."""
+# Fields whose values the API server stores as normalised quantities (cpu: 96000m -> "96", memory: 1048576Mi ->
+# "1Ti", sizeLimit: 65536Mi -> "64Gi"): compared by value, or every resync would see drift and re-apply.
+_QUANTITY_PARENTS = frozenset({"requests", "limits", "capacity"})
+_QUANTITY_KEYS = frozenset({"sizeLimit", "storage"})
+
+
+def _same_quantity(desired: Any, observed: Any) -> bool:
+    try:
+        return quantity.parse(str(desired)) == quantity.parse(str(observed))
+    except ValueError:
+        return False
+
+
+def is_subset(desired: Any, observed: Any, *, _key: str = "", _parent: str = "") -> bool:
+    """True when every field we set is present with the same value (the server may add defaults, and normalises
+    quantities, which are compared by value)."""
     if isinstance(desired, dict):
         if not isinstance(observed, dict):
             return False
-        return all(k in observed and is_subset(v, observed[k]) for k, v in desired.items())
+        return all(k in observed and is_subset(v, observed[k], _key=k, _parent=_key) for k, v in desired.items())
     if isinstance(desired, list):
         if not isinstance(observed, list) or len(desired) != len(observed):
             return False
-        return all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        return all(is_subset(d, o, _parent=_key) for d, o in zip(desired, observed, strict=True))
     if isinstance(desired, bool) or isinstance(observed, bool):
         return desired is observed
     if isinstance(desired, int | float) and isinstance(observed, int | float):
         return desired == observed
-    return str(desired) == str(observed)
+    if str(desired) == str(observed):
+        return True
+    return (_parent in _QUANTITY_PARENTS or _key in _QUANTITY_KEYS) and _same_quantity(desired, observed)
 
 
 def _key(m: Manifest) -> ChildKey:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import jinja2
+import markupsafe
 import yaml
 
 from kimi_operator.api.models import GROUP, KIND, VERSION, KimiDeploymentSpec
@@ -124,6 +126,14 @@ def weights_key(plan: Plan) -> str:
     return f"{plan.repo}@{plan.revision}"
 
 
+def _as_data(value: Any) -> Any:
+    """Every `{{ value }}` is emitted as a JSON scalar (valid YAML): a user's string can never become YAML syntax
+    (`key: "a, name: b"` stays one string). `| tojson` output is already data and passes as is."""
+    if isinstance(value, markupsafe.Markup):
+        return value
+    return json.dumps(value)
+
+
 @cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -131,6 +141,7 @@ def _env() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
+        finalize=_as_data,
     )
     env.policies["json.dumps_kwargs"] = {"sort_keys": False}
     return env

@@ -62,6 +62,26 @@ def test_idle_kimideployment_makes_zero_writes(env: Env) -> None:
     assert env.op.writes() == before_writes
 
 
+def test_quantities_the_server_normalises_do_not_cause_endless_reapplies(env: Env) -> None:
+    """cpu 96000m, memory 1048576Mi and shmSize 65536Mi are stored as 96, 1Ti and 64Gi: compared by value."""
+    go_ready(
+        env,
+        "quant",
+        engine={"resources": {"requests": {"cpu": "96000m", "memory": "1048576Mi"}}},
+        topology={"network": {"shmSize": "65536Mi"}},
+    )
+    stored = env.read("Deployment", "quant")["spec"]["template"]["spec"]
+    assert stored["containers"][0]["resources"]["requests"]["cpu"] == "96"  # the server did normalise
+    time.sleep(2 * env.op.resync_seconds)
+    before_writes, before_reconciles = env.op.writes(), env.op.reconciles()
+    wait_for(
+        lambda: env.op.reconciles() >= before_reconciles + 3 or None,
+        timeout=60,
+        what="three resync reconciles",
+    )
+    assert env.op.writes() == before_writes, "the Deployment was re-applied although nothing changed"
+
+
 def test_children_edited_or_deleted_by_hand_are_restored(env: Env) -> None:
     go_ready(env, "drift")
     env.run("scale", "deployment", "drift", "--replicas=3")

@@ -49,7 +49,13 @@ class SecretKeyRef(ApiModel):
     """A key in a Secret in the KimiDeployment's namespace."""
 
     name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253, description="Secret name.")
-    key: str = Field(default="token", min_length=1, max_length=253, description="Key inside the Secret.")
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key inside the Secret (letters, digits, '-', '_' and '.', as Secret keys are).",
+    )
 
 
 class ModelSpec(ApiModel):
