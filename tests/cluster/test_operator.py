@@ -138,6 +138,12 @@ def test_invalid_specs_are_refused_at_apply_time_with_the_reason(env: Env) -> No
     assert out.returncode != 0 and "cannot both be 0" in out.stderr
     out = env.apply(kd("bad", replicaz=1), check=False)
     assert out.returncode != 0 and "replicaz" in out.stderr
+    # Names whose children would be invalid (a dotted name is no Service name; -headless must fit 63 characters).
+    for name in ("my.model", "a" * 50):
+        out = env.apply(kd(name), check=False)
+        assert out.returncode != 0 and "DNS-1035 label of at most 49 characters" in out.stderr, out.stderr
+    out = env.apply(kd("bad", autoscaling={"enabled": True, "minReplicas": 3, "maxReplicas": 2}), check=False)
+    assert out.returncode != 0 and "minReplicas must not exceed maxReplicas" in out.stderr
     assert env.items("KimiDeployment") == []
 
 

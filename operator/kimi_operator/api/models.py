@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from kimi_operator.api import rules
 from kimi_operator.engine.flags import check_extra_args
 
 GROUP = "kimi-operator.dev"
@@ -112,6 +113,13 @@ class WeightsSpec(ApiModel):
         default=True,
         description="Keep the weights PVC (and ~600 GB of data) when the KimiDeployment is deleted.",
     )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> WeightsSpec:
+        broken = rules.failures("spec.weights", self)
+        if broken:
+            raise ValueError("\n".join(broken))
+        return self
 
 
 class NetworkSpec(ApiModel):
@@ -270,7 +278,7 @@ class EngineSpec(ApiModel):
     def _extra_args_are_sglang_options_the_plan_does_not_set(cls, value: list[str]) -> list[str]:
         problems = check_extra_args(value)
         if problems:
-            raise ValueError("; ".join(p.message for p in problems))
+            raise ValueError("\n".join(p.message for p in problems))
         return value
 
 
@@ -287,6 +295,13 @@ class RolloutSpec(ApiModel):
 
     max_surge: int = Field(default=0, ge=0, le=16, description="Extra replicas started during a rollout.")
     max_unavailable: int = Field(default=1, ge=0, le=16, description="Replicas that may be down during a rollout.")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RolloutSpec:
+        broken = rules.failures("spec.rollout", self)
+        if broken:
+            raise ValueError("\n".join(broken))
+        return self
 
 
 class PrometheusSource(ApiModel):
@@ -341,6 +356,13 @@ class AutoscalingSpec(ApiModel):
     max_scale_down_step: int = Field(default=1, ge=1, le=64, description="Most replicas removed by one decision.")
     interval_seconds: int = Field(default=15, ge=1, le=600, description="How often queue depth is read.")
     source: AutoscalingSource = Field(default_factory=AutoscalingSource)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> AutoscalingSpec:
+        broken = rules.failures("spec.autoscaling", self)
+        if broken:
+            raise ValueError("\n".join(broken))
+        return self
 
 
 class KimiDeploymentSpec(ApiModel):
