@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
-from kimi_operator import catalog
+from kimi_operator import catalog, quantity
 from kimi_operator.api.models import KimiDeploymentSpec, TopologySpec
 from kimi_operator.engine import flags
 
@@ -384,6 +384,34 @@ def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> Non
         )
 
 
+def _check_placement_and_volumes(spec: KimiDeploymentSpec, ckpt: catalog.Checkpoint, acc: catalog.Accelerator) -> None:
+    """Refuse what would plan for the wrong GPU, or could never hold the checkpoint."""
+    topo = spec.topology
+    selected = topo.node_selector.get(acc.product_label_key)
+    if selected is not None and selected != acc.product_label:
+        other = next((a for a in catalog.ACCELERATORS.values() if a.product_label == selected), None)
+        if other is not None:
+            raise PlanError(
+                "AcceleratorMismatch",
+                f"topology.nodeSelector {acc.product_label_key}={selected} selects {other.key} nodes but "
+                f"topology.accelerator is {acc.key} (planned for {gib(acc.memory_bytes)} GiB GPUs, these have "
+                f"{gib(other.memory_bytes)} GiB); set accelerator: {other.key}, or drop that nodeSelector entry",
+            )
+    if quantity.parse(topo.network.shm_size) <= 0:
+        raise PlanError(
+            "InvalidSpec",
+            "topology.network.shmSize must be more than 0: NCCL and SGLang's workers exchange data through /dev/shm "
+            "(64Gi is the default and recommended)",
+        )
+    if spec.weights.size is not None and quantity.parse(spec.weights.size) < ckpt.weights_bytes:
+        raise PlanError(
+            "VolumeTooSmall",
+            f"weights.size {spec.weights.size} cannot hold {ckpt.repo} ({ckpt.weights_bytes / catalog.GB:.0f} GB = "
+            f"{ckpt.weights_bytes / catalog.GIB:.0f} GiB); use at least {_volume_size(ckpt.weights_bytes)} "
+            "(the checkpoint plus 15% for partial files during a resume), or remove it for that default",
+        )
+
+
 def _volume_size(weights_bytes: int) -> str:
     """Checkpoint size plus 15% headroom (partial files during a resume, a second revision's config files)."""
     return f"{math.ceil(weights_bytes * 1.15 / catalog.GIB)}Gi"
@@ -422,6 +450,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     eng = spec.engine
     notes: list[str] = []
     _check_engine_quirks(ckpt, eng.extra_args)
+    _check_placement_and_volumes(spec, ckpt, acc)
     context = eng.context_length or ckpt.max_context
     if context > ckpt.max_context:
         raise PlanError(

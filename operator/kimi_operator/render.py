@@ -158,9 +158,9 @@ def _render(template: str, ctx: dict[str, Any]) -> Manifest:
 def _resources(plan: Plan, spec: KimiDeploymentSpec, node_allocatable: tuple[int, int] | None) -> dict[str, Any]:
     """GPUs from the plan; CPU and memory requests sized from the node unless engine.resources sets them (an engine
     pod without them is best-effort: first to be evicted under node pressure)."""
-    extra = spec.engine.resources or {}
-    requests = dict(extra.get("requests", {}))
-    limits = dict(extra.get("limits", {}))
+    extra = spec.engine.resources
+    requests = dict(extra.requests) if extra else {}
+    limits = dict(extra.limits) if extra else {}
     cpu, memory_gib = engine_requests(plan, node_allocatable)
     if "cpu" not in requests and "cpu" not in limits:
         requests["cpu"] = str(cpu)

@@ -144,6 +144,12 @@ def test_invalid_specs_are_refused_at_apply_time_with_the_reason(env: Env) -> No
         assert out.returncode != 0 and "DNS-1035 label of at most 49 characters" in out.stderr, out.stderr
     out = env.apply(kd("bad", autoscaling={"enabled": True, "minReplicas": 3, "maxReplicas": 2}), check=False)
     assert out.returncode != 0 and "minReplicas must not exceed maxReplicas" in out.stderr
+    out = env.apply(kd("bad", engine={"env": [{"name": "HF_TOKEN", "value": "hf_secret"}]}), check=False)
+    assert out.returncode != 0 and "model.tokenSecretRef" in out.stderr and "hf_secret" not in out.stderr
+    out = env.apply(kd("bad", engine={"env": [{"name": "HF_HUB_OFFLINE", "value": "0"}]}), check=False)
+    assert out.returncode != 0 and "the operator sets HF_HUB_OFFLINE" in out.stderr
+    out = env.apply(kd("bad", engine={"resources": {"requests": "lots"}}), check=False)
+    assert out.returncode != 0 and "resources.requests" in out.stderr
     assert env.items("KimiDeployment") == []
 
 

@@ -99,3 +99,34 @@ def test_the_crd_rule_refuses_the_same_owned_abbreviations_as_the_models() -> No
 def test_bad_values_are_refused(patch: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         KimiDeploymentSpec.model_validate(patch)
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("HF_TOKEN", "store it in a Secret and set model.tokenSecretRef"),
+        ("OPENAI_API_KEY", "looks like a credential"),
+        ("HF_HUB_OFFLINE", "HF_HUB_OFFLINE is set by the operator"),
+        ("SGLANG_CACHE_DIR", "SGLANG_CACHE_DIR is set by the operator"),
+    ],
+)
+def test_engine_env_refuses_credentials_and_names_the_operator_owns(name: str, said: str) -> None:
+    with pytest.raises(ValidationError, match=said):
+        KimiDeploymentSpec.model_validate({"engine": {"env": [{"name": name, "value": "x"}]}})
+
+
+def test_engine_resources_are_typed_quantities() -> None:
+    with pytest.raises(ValidationError):
+        KimiDeploymentSpec.model_validate({"engine": {"resources": {"requests": "lots"}}})
+    with pytest.raises(ValidationError):
+        KimiDeploymentSpec.model_validate({"engine": {"resources": {"requests": {"cpu": "lots"}}}})
+    ok = KimiDeploymentSpec.model_validate({"engine": {"resources": {"requests": {"cpu": "96000m", "memory": "1Ti"}}}})
+    assert ok.engine.resources is not None and ok.engine.resources.requests["cpu"] == "96000m"
+
+
+def test_every_cross_field_rule_has_cel_and_the_python_rules_agree_with_the_examples() -> None:
+    from kimi_operator.api import rules
+
+    assert all(r.cel and r.message for r in rules.RULES)
+    assert rules.name_problem("kimi-k25") is None
+    assert rules.name_problem("my.model") and rules.name_problem("a" * 50) and rules.name_problem("9lives")

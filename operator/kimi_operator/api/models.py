@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from kimi_operator.api import rules
-from kimi_operator.engine.flags import check_extra_args
+from kimi_operator.engine.flags import check_extra_args, env_problem
 
 GROUP = "kimi-operator.dev"
 VERSION = "v1alpha1"
@@ -23,7 +23,7 @@ PLURAL = "kimideployments"
 SINGULAR = "kimideployment"
 SHORT_NAMES = ["kd", "kimi"]
 
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|K|M|G|T|P|E)?$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 _HF_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -215,10 +215,25 @@ class SpeculativeSpec(ApiModel):
 
 
 class EnvVar(ApiModel):
-    """A plain environment variable for the engine container."""
+    """A plain environment variable for the engine container (no credentials: those belong in Secrets)."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=253)
     value: str = Field(default="", max_length=4096)
+
+    @field_validator("name")
+    @classmethod
+    def _not_owned_nor_a_credential(cls, value: str) -> str:
+        why = env_problem(value)
+        if why:
+            raise ValueError(why)
+        return value
+
+
+class ResourceRequirements(ApiModel):
+    """Extra CPU/memory/other requests and limits of the engine container (core/v1 ResourceRequirements)."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
 class EngineSpec(ApiModel):
@@ -267,10 +282,10 @@ class EngineSpec(ApiModel):
         description="Extra SGLang flags. Flags the operator sets from the plan are refused.",
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
-    resources: dict[str, Any] | None = Field(
+    resources: ResourceRequirements | None = Field(
         default=None,
-        description="Extra requests/limits for the engine container (a core/v1 ResourceRequirements); GPUs are "
-        "always set by the operator.",
+        description="Extra requests/limits for the engine container; GPUs are always set by the operator, CPU and "
+        "memory requests are sized from the node unless set here.",
     )
 
     @field_validator("extra_args")

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kimi_operator.engine.flags import OWNED_ENV, SECRET_ENV, SECRET_ENV_SUFFIXES
+
 # Longest name whose children stay valid: Services are DNS-1035 labels (<name>-headless <= 63 characters) and a
 # LeaderWorkerSet's StatefulSets <name>-<group> carry a controller-revision-hash label <name>-<group>-<10-char hash>
 # that must fit 63 characters with up to 64 groups.
@@ -25,7 +27,8 @@ class Rule:
     path: str  # the schema node the rule sits on ("" = the object root)
     cel: str
     message: str
-    check: Callable[[Any], bool] | None = None  # the same rule on the parsed node; None: a transition rule (oldSelf)
+    # The same rule on the parsed node; None: a transition rule (oldSelf), or one a field validator enforces.
+    check: Callable[[Any], bool] | None = None
 
 
 def _name_ok(name: object) -> bool:
@@ -38,7 +41,26 @@ NAME_MESSAGE = (
     "(<name>-headless, <name>-weights, the LeaderWorkerSet's <name>-<group>) stays valid"
 )
 
+
+def _quoted(names: Any) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in sorted(names)) + "]"
+
+
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "spec.engine.env",
+        f"self.all(e, !(e.name in {_quoted(OWNED_ENV)}))",
+        "engine.env: the operator sets HF_HUB_OFFLINE, HF_HOME, HF_MODULES_CACHE, SGLANG_HEALTH_CHECK_TIMEOUT, "
+        "SGLANG_CACHE_DIR and the AMD AITER variables itself; remove them",
+    ),
+    Rule(
+        "spec.engine.env",
+        f"self.all(e, !(e.name in {_quoted(SECRET_ENV)}) && "
+        + " && ".join(f"!e.name.endsWith('{s}')" for s in SECRET_ENV_SUFFIXES)
+        + ")",
+        "engine.env: a credential in plain text is visible to anyone who can read pods; put the Hub token in a "
+        "Secret and set model.tokenSecretRef",
+    ),
     Rule(
         "",
         f"self.metadata.name.size() <= {MAX_NAME} && self.metadata.name.matches('{NAME_RE}')",

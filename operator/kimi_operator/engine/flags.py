@@ -48,6 +48,36 @@ OWNED_DESTS: dict[str, str] = {
 }
 # Fields the operator sets by default but a user may tune in extraArgs (the planner reads their values).
 TUNABLE_DESTS = frozenset({"chunked_prefill_size", "max_running_requests"})
+# Engine environment variables the operator sets (engine/sglang.env): engine.env must not set them (silently
+# dropping the user's would hide a mistake; letting theirs win would break the plan).
+OWNED_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "serving pods never reach the Hub: the weights are on the volume",
+    "HF_HOME": "a writable path inside the pod",
+    "HF_MODULES_CACHE": "a writable path for the checkpoint's remote code",
+    "SGLANG_HEALTH_CHECK_TIMEOUT": "the probes are sized to it",
+    "SGLANG_CACHE_DIR": "compiled kernels on the weights volume",
+    "SGLANG_USE_AITER": "set on AMD",
+    "SGLANG_AITER_HONOR_EXPLICIT_MEM_FRACTION": "set on AMD so the planned memory fraction is the one that runs",
+}
+# Names that hold credentials: never as plain values in a pod spec.
+SECRET_ENV = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HUGGINGFACE_TOKEN"})
+SECRET_ENV_SUFFIXES = ("_API_KEY", "_SECRET", "_PASSWORD")
+
+
+def env_problem(name: str) -> str | None:
+    """Why engine.env may not set `name`, or None."""
+    if name in OWNED_ENV:
+        return f"engine.env: {name} is set by the operator ({OWNED_ENV[name]}); remove it"
+    if name in SECRET_ENV:
+        return (
+            f"engine.env: {name} would put a Hub token into the pod spec in plain text; store it in a Secret and "
+            "set model.tokenSecretRef (only the download Job needs it; serving pods run offline)"
+        )
+    if name.endswith(SECRET_ENV_SUFFIXES):
+        return f"engine.env: {name} looks like a credential; plain values are visible to anyone who can read pods"
+    return None
+
+
 REMOVED_FLAGS = {"--enable-ep-moe": "set engine.expertParallel: true"}
 _NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
