@@ -11,7 +11,8 @@ import time
 import pytest
 import yaml
 
-from kimi_testbed.wait import wait_for
+from kimi_operator.render import RETAIN_ANNOTATION as RETAIN
+from kimi_testbed.wait import NotYet, wait_for
 
 from .support import ROOT, Env, container, flag, go_ready, kd, weights_pv
 
@@ -191,3 +192,44 @@ def test_a_fifth_replica_on_four_nodes_is_reported_unschedulable(env: Env) -> No
     assert "nvidia.com/gpu" in cond["message"]
     env.run("scale", "kd", "big", "--replicas=1")
     env.wait_condition("big", "Ready", "True", "Ready", timeout=90)
+
+
+def test_toggling_retain_on_delete_re_owns_the_weights_volume_so_a_delete_keeps_it(env: Env) -> None:
+    """retainOnDelete false -> true -> delete: the PVC stays (before, it kept its owner reference and was deleted)."""
+    go_ready(env, "toggle", weights={"retainOnDelete": False})
+    pvc = env.read("PersistentVolumeClaim", "toggle-weights")
+    assert pvc["metadata"]["ownerReferences"][0]["kind"] == "KimiDeployment"
+    env.apply(kd("toggle", weights={"retainOnDelete": True}))
+
+    def released() -> bool | NotYet:
+        meta = env.read("PersistentVolumeClaim", "toggle-weights")["metadata"]
+        return (not meta.get("ownerReferences") and meta["annotations"][RETAIN] == "true") or NotYet(meta)
+
+    wait_for(released, timeout=60, what="the weights PVC without an owner reference, retain-on-delete true")
+    env.run("delete", "kd", "toggle", "--wait=true")
+    time.sleep(3)  # give the garbage collector the chance it must not take
+    assert "toggle-weights" in env.names("PersistentVolumeClaim")
+    env.apply(kd("toggle", weights={"retainOnDelete": False}))
+
+    def owned() -> bool | NotYet:
+        meta = env.read("PersistentVolumeClaim", "toggle-weights")["metadata"]
+        refs = meta.get("ownerReferences") or []
+        return (len(refs) == 1 and refs[0]["uid"] == env.get("toggle")["metadata"]["uid"]) or NotYet(meta)
+
+    wait_for(owned, timeout=60, what="the re-created KimiDeployment owning its weights PVC again")
+
+
+def test_a_child_the_api_server_refuses_is_reported_with_its_reason_and_an_event(env: Env) -> None:
+    """A toleration with tolerationSeconds but effect NoSchedule passes the CRD but the Deployment is invalid."""
+    bad = [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}]
+    go_ready(env, "refused")
+    env.apply(kd("refused", topology={"tolerations": bad}))
+    cond = env.wait_condition("refused", "Ready", "False", "ApplyFailed", timeout=60)
+    assert "Deployment/refused" in cond["message"] and "tolerationSeconds" in cond["message"], cond
+    wait_for(
+        lambda: ("Warning", "ApplyFailed") in env.events("refused") or NotYet(env.events("refused")),
+        timeout=30,
+        what="a Warning ApplyFailed Event",
+    )
+    env.apply(kd("refused"))  # fixed: the failure clears with the next generation
+    env.wait_condition("refused", "Ready", "True", "Ready", timeout=60)
