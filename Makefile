@@ -25,6 +25,10 @@ venv: $(VENV_STAMP) ## Create .venv with the operator, dev tools and the pinned 
 bins: ## Build (once, cached in ~/.cache/kimi-operator) the control-plane binaries from the Go module proxy
 	bash hack/build-bins.sh
 
+.PHONY: images
+images: venv ## Build (once, cached by input hash) the operator image from its Dockerfile and the stand-in test images
+	$(PY) -m kimi_testbed.images build
+
 .PHONY: cluster-up
 cluster-up: venv bins ## Start a local control plane with simulated 8-GPU nodes; prints its kubeconfig
 	$(PY) -m kimi_testbed.cluster up --name $(CLUSTER)
@@ -41,7 +45,7 @@ crds: venv ## Regenerate crds/ and the charts' copies from the models
 .PHONY: chart-lint
 chart-lint: venv bins ## helm lint --strict both charts; hadolint the operator Dockerfile
 	$(BIN_DIR)/helm lint --strict charts/kimi-operator charts/kimi-deployments --kube-version 1.36.3
-	.venv/bin/hadolint images/operator/Dockerfile
+	.venv/bin/hadolint images/operator/Dockerfile images/testing/*/Dockerfile
 
 .PHONY: docs
 docs: venv ## Regenerate docs/api.md from the models
@@ -49,13 +53,13 @@ docs: venv ## Regenerate docs/api.md from the models
 
 .PHONY: lint
 lint: venv ## ruff lint and format check
-	.venv/bin/ruff check operator tests hack
-	.venv/bin/ruff format --check operator tests hack
+	.venv/bin/ruff check operator tests hack images
+	.venv/bin/ruff format --check operator tests hack images
 
 .PHONY: fmt
 fmt: venv ## Format and autofix
-	.venv/bin/ruff format operator tests hack
-	.venv/bin/ruff check --fix operator tests hack
+	.venv/bin/ruff format operator tests hack images
+	.venv/bin/ruff check --fix operator tests hack images
 
 .PHONY: typecheck
 typecheck: venv ## mypy --strict
@@ -68,6 +72,10 @@ unit: venv bins ## Unit tests (no cluster; the chart tests use the helm binary f
 .PHONY: contract
 contract: venv ## Every rendered SGLang command line parsed by the pinned sglang's own parser
 	$(PY) -m pytest -q tests/contract
+
+.PHONY: test-images
+test-images: venv ## The built images' configs and files against their Dockerfiles (builds them first if missing)
+	$(PY) -m pytest -q tests/images
 
 .PHONY: test-cluster
 test-cluster: venv bins ## Tests against the local control plane (started and stopped by the session)
