@@ -6,6 +6,8 @@ VENV_STAMP := .venv/.installed
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator
 CLUSTER ?= default
 BIN_DIR ?= $(or $(KIMI_TESTBED_BIN_DIR),$(or $(KIMI_CACHE_DIR),$(HOME)/.cache/kimi-operator)/bin/current)
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := $(or $(KIMI_CACHE_DIR),$(HOME)/.cache/kimi-operator)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
 
 .PHONY: help
 help: ## List the targets
@@ -28,6 +30,9 @@ bins: ## Build (once, cached in ~/.cache/kimi-operator) the control-plane binari
 .PHONY: images
 images: venv ## Build (once, cached by input hash) the operator image from its Dockerfile and the stand-in test images
 	$(PY) -m kimi_testbed.images build
+
+$(ACTIONLINT):
+	GOBIN=$(dir $@) CGO_ENABLED=0 go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 .PHONY: cluster-up
 cluster-up: venv bins ## Start a local control plane with simulated 8-GPU nodes; prints its kubeconfig
@@ -52,9 +57,10 @@ docs: venv ## Regenerate docs/api.md from the models
 	$(PY) -m kimi_operator.api.docs > docs/api.md
 
 .PHONY: lint
-lint: venv ## ruff lint and format check
+lint: venv $(ACTIONLINT) ## ruff lint and format check; actionlint on the GitHub workflows
 	.venv/bin/ruff check operator tests hack images
 	.venv/bin/ruff format --check operator tests hack images
+	$(ACTIONLINT) .github/workflows/*.yaml
 
 .PHONY: fmt
 fmt: venv ## Format and autofix
