@@ -485,9 +485,12 @@ def main(argv: list[str] | None = None) -> int:
         for path in archives():
             print(path)
         return 0
-    except (ImageBuildError, KeyError) as err:
+    except ImageBuildError as err:
         print(f"images: {err}", file=sys.stderr)
         return 1
+    except KeyError as err:
+        print(f"images: {err.args[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
