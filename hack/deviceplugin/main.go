@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -23,6 +24,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
+
+var errStopped = errors.New("stopped before registering")
 
 type plugin struct {
 	pluginapi.UnimplementedDevicePluginServer
@@ -68,33 +71,51 @@ func (p *plugin) GetPreferredAllocation(context.Context, *pluginapi.PreferredAll
 	return &pluginapi.PreferredAllocationResponse{}, nil
 }
 
-// serve listens on the plugin socket and registers it with the kubelet (retrying until the kubelet answers).
+// serve listens on the plugin socket and registers it with the kubelet, retrying until the kubelet answers.
+// The kubelet's device manager empties the directory when it starts, so the plugin listens only once the
+// kubelet's own socket is there, and listens again if its socket disappears before registration succeeds.
 func serve(p *plugin, dir, socket, resource string, stop <-chan os.Signal) (*grpc.Server, error) {
 	path := filepath.Join(dir, socket)
-	_ = os.Remove(path)
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	srv := grpc.NewServer()
-	pluginapi.RegisterDevicePluginServer(srv, p)
-	go func() { _ = srv.Serve(lis) }()
-
 	kubelet := filepath.Join(dir, "kubelet.sock")
+	wait := func() error {
+		select {
+		case <-stop:
+			return errStopped
+		case <-time.After(250 * time.Millisecond):
+			return nil
+		}
+	}
+	for waited := 0; ; waited++ {
+		if _, err := os.Stat(kubelet); err == nil {
+			break
+		}
+		if waited%40 == 0 {
+			log.Printf("waiting for the kubelet's %s", kubelet)
+		}
+		if err := wait(); err != nil {
+			return nil, err
+		}
+	}
 	for attempt := 1; ; attempt++ {
+		_ = os.Remove(path)
+		lis, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, err
+		}
+		srv := grpc.NewServer()
+		pluginapi.RegisterDevicePluginServer(srv, p)
+		go func() { _ = srv.Serve(lis) }()
 		err = register(kubelet, socket, resource)
-		if err == nil {
+		if _, statErr := os.Stat(path); err == nil && statErr == nil {
 			log.Printf("registered %s (%d devices) on %s", resource, len(p.devices), path)
 			return srv, nil
 		}
+		srv.Stop()
 		if attempt == 1 || attempt%20 == 0 {
 			log.Printf("registering with %s: %v (retrying)", kubelet, err)
 		}
-		select {
-		case <-stop:
-			srv.Stop()
-			return nil, fmt.Errorf("stopped before registering")
-		case <-time.After(500 * time.Millisecond):
+		if err := wait(); err != nil {
+			return nil, err
 		}
 	}
 }
@@ -135,10 +156,13 @@ func main() {
 	for {
 		p := &plugin{devices: devices, done: make(chan struct{})}
 		srv, err := serve(p, *dir, *socket, *resource, stop)
-		if err != nil {
+		if errors.Is(err, errStopped) {
 			log.Printf("%v", err)
 			_ = os.Remove(path)
 			return
+		}
+		if err != nil {
+			log.Fatalf("serving %s: %v", path, err)
 		}
 		// the kubelet deletes plugin sockets when it restarts: serve again and re-register when ours is gone
 		for restart := false; !restart; {
