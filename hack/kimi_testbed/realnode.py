@@ -928,3 +928,43 @@ def _socket_answers(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+# -- for tests ---------------------------------------------------------------------------------------------------
+class NodeHandle:
+    """The real node as tests see it: where it is, how a pod gets there, which images it has."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.name: str = str(info.get("node", NODE_NAME))
+        self.node_ip: str = str(info.get("node_ip", ""))
+        self.pod_cidr = ipaddress.IPv4Network(str(info.get("pod_cidr", "0.0.0.0/32")))
+        self.paths = NodePaths(Path(str(info.get("node_dir", ""))))
+
+    def placement(self) -> dict[str, Any]:
+        """Pod spec fields that put a pod on the real node (and only there)."""
+        return {
+            "nodeSelector": {NODE_KIND_LABEL: "real"},
+            "tolerations": [{**REAL_TAINT, "operator": "Equal"}],
+        }
+
+    def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        argv = ["ctr", f"--address={self.paths.containerd_socket}", "--namespace=k8s.io", *args]
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+
+    def images(self) -> list[str]:
+        return self.ctr("images", "ls", "-q").stdout.split()
+
+    def ensure_image(self, name: str) -> str:
+        """The reference of image ``name`` (kimi_testbed.images), built if missing and imported if absent."""
+        from kimi_testbed import images  # type: ignore[attr-defined,unused-ignore]
+
+        ref: str = images.ref(name)
+        if ref in self.images():
+            return ref
+        archives = images.build([name])
+        for archive in archives:
+            res = self.ctr("images", "import", str(archive))
+            if res.returncode != 0:
+                raise RealNodeError(f"ctr images import {archive}: {(res.stdout + res.stderr).strip()}")
+        return ref
