@@ -6,6 +6,8 @@ VENV_STAMP := .venv/.installed
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator
 CLUSTER ?= default
 BIN_DIR ?= $(or $(KIMI_TESTBED_BIN_DIR),$(or $(KIMI_CACHE_DIR),$(HOME)/.cache/kimi-operator)/bin/current)
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := $(or $(KIMI_CACHE_DIR),$(HOME)/.cache/kimi-operator)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
 
 .PHONY: help
 help: ## List the targets
@@ -25,9 +27,20 @@ venv: $(VENV_STAMP) ## Create .venv with the operator, dev tools and the pinned 
 bins: ## Build (once, cached in ~/.cache/kimi-operator) the control-plane binaries from the Go module proxy
 	bash hack/build-bins.sh
 
+.PHONY: images
+images: venv ## Build (once, cached by input hash) the operator image from its Dockerfile and the stand-in test images
+	$(PY) -m kimi_testbed.images build
+
+$(ACTIONLINT):
+	GOBIN=$(dir $@) CGO_ENABLED=0 go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+.PHONY: node-deps
+node-deps: ## Install (once, as root, from Debian) what the real node runs: containerd, runc, CNI plugins, iptables
+	bash hack/node/install.sh
+
 .PHONY: cluster-up
-cluster-up: venv bins ## Start a local control plane with simulated 8-GPU nodes; prints its kubeconfig
-	$(PY) -m kimi_testbed.cluster up --name $(CLUSTER)
+cluster-up: venv bins node-deps ## Start a local control plane: simulated 8-GPU kwok nodes and one real node
+	$(PY) -m kimi_testbed.cluster up --name $(CLUSTER) --real-node
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane started by cluster-up
@@ -41,21 +54,22 @@ crds: venv ## Regenerate crds/ and the charts' copies from the models
 .PHONY: chart-lint
 chart-lint: venv bins ## helm lint --strict both charts; hadolint the operator Dockerfile
 	$(BIN_DIR)/helm lint --strict charts/kimi-operator charts/kimi-deployments --kube-version 1.36.3
-	.venv/bin/hadolint images/operator/Dockerfile
+	.venv/bin/hadolint images/operator/Dockerfile images/testing/*/Dockerfile
 
 .PHONY: docs
 docs: venv ## Regenerate docs/api.md from the models
 	$(PY) -m kimi_operator.api.docs > docs/api.md
 
 .PHONY: lint
-lint: venv ## ruff lint and format check
-	.venv/bin/ruff check operator tests hack
-	.venv/bin/ruff format --check operator tests hack
+lint: venv $(ACTIONLINT) ## ruff lint and format check; actionlint on the GitHub workflows
+	.venv/bin/ruff check operator tests hack images
+	.venv/bin/ruff format --check operator tests hack images
+	$(ACTIONLINT) .github/workflows/*.yaml
 
 .PHONY: fmt
 fmt: venv ## Format and autofix
-	.venv/bin/ruff format operator tests hack
-	.venv/bin/ruff check --fix operator tests hack
+	.venv/bin/ruff format operator tests hack images
+	.venv/bin/ruff check --fix operator tests hack images
 
 .PHONY: typecheck
 typecheck: venv ## mypy --strict
@@ -69,12 +83,16 @@ unit: venv bins ## Unit tests (no cluster; the chart tests use the helm binary f
 contract: venv ## Every rendered SGLang command line parsed by the pinned sglang's own parser
 	$(PY) -m pytest -q tests/contract
 
+.PHONY: test-images
+test-images: venv ## The built images' configs and files against their Dockerfiles (builds them first if missing)
+	$(PY) -m pytest -q tests/images
+
 .PHONY: test-cluster
-test-cluster: venv bins ## Tests against the local control plane (started and stopped by the session)
+test-cluster: venv bins node-deps ## Tests against the local control plane (started and stopped by the session)
 	$(PY) -m pytest -q tests/cluster
 
 .PHONY: test
-test: venv bins ## All tests: unit, contract, cluster
+test: venv bins node-deps ## All tests: unit, contract, cluster
 	$(PY) -m pytest -q tests
 
 .PHONY: check

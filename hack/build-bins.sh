@@ -9,8 +9,10 @@
 #   lws-manifests/ (CRD + webhook manifests)                       <- sigs.k8s.io/lws module zip
 #   kwok-stages/ (kwok's default node and pod Stages)             <- sigs.k8s.io/kwok module zip
 #   versions.env (a copy: kimi_testbed refuses a stale bin dir)
+#   kimi-device-plugin (+ .src: hash of its source)                <- hack/deviceplugin (our own, for the real node)
 #
-# A rebuild happens only when a pinned version (or the Go version) changes.
+# A rebuild happens only when a pinned version (or the Go version) changes; the device plugin is rebuilt alone
+# when its own source changes (it is keyed on that, not on the cache key).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
@@ -127,6 +129,15 @@ kwok_stages() {
   chmod -R u+w "$BIN/kwok-stages"
 }
 
+# The real node's device plugin (hack/deviceplugin) is our own code: keyed on a hash of its source (the same
+# hash kimi_testbed.realnode checks), so editing it rebuilds only it, never the Kubernetes binaries.
+DP_SRC="$HERE/deviceplugin"
+DP_HASH=$(cd "$DP_SRC" && LC_ALL=C cat go.mod go.sum *.go | sha256sum | cut -c1-16)
+build_deviceplugin() {
+  (cd "$DP_SRC" && go build -trimpath -ldflags "-s -w" -o "$BIN/kimi-device-plugin" .)
+  echo "$DP_HASH" > "$BIN/kimi-device-plugin.src"
+}
+
 lws_manifests() {
   local dir
   dir=$(go mod download -json "sigs.k8s.io/lws@$LWS_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
@@ -142,6 +153,8 @@ have etcd || timed etcd build_etcd
 have kwok || timed kwok go_install sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" kwok
 have lws-controller || timed lws build_lws
 have helm || timed helm go_install helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm
+[ "$(cat "$BIN/kimi-device-plugin.src" 2>/dev/null)" = "$DP_HASH" ] && have kimi-device-plugin \
+  || timed kimi-device-plugin build_deviceplugin
 [ -d "$BIN/lws-manifests" ] || lws_manifests
 [ -d "$BIN/kwok-stages" ] || kwok_stages
 cp "$HERE/versions.env" "$BIN/versions.env"

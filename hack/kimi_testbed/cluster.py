@@ -1,6 +1,6 @@
 """A local Kubernetes control plane with simulated 8-GPU nodes: Python API and CLI.
 
-    python -m kimi_testbed.cluster up     --name NAME [--nodes 4] [--pool H100=2 --pool B200=1]
+    python -m kimi_testbed.cluster up     --name NAME [--nodes 4] [--pool H100=2 --pool B200=1] [--real-node]
     python -m kimi_testbed.cluster status --name NAME
     python -m kimi_testbed.cluster down   --name NAME
 
@@ -8,8 +8,10 @@ Everything runs on 127.0.0.1 on ports chosen free, under ``<repo>/.cluster/NAME/
 so several clusters can coexist. ``up`` starts a detached supervisor (kimi_testbed.supervisor) that owns all the
 processes, waits until the cluster is usable, prints the kubeconfig path and returns; ``down`` stops it.
 
-From Python (pytest): ``Cluster.start(name, nodes=4, pools={"H100": 2}) -> Cluster``; ``.kubeconfig``,
-``.bin_dir``, ``.api_client()``, ``.status()``, ``.stop()``.
+From Python (pytest): ``Cluster.start(name, nodes=4, pools={"H100": 2}, real_node=True) -> Cluster``;
+``.kubeconfig``, ``.bin_dir``, ``.real_node`` (None, or what the supervisor recorded about it), ``.api_client()``,
+``.status()``, ``.stop()``. ``--real-node`` adds one kubelet + containerd node beside the kwok nodes
+(kimi_testbed.realnode; root, one per machine).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kimi_testbed import procs
+from kimi_testbed import procs, realnode
 from kimi_testbed.bins import REPO_ROOT, BinariesMissingError, find_bin_dir
 from kimi_testbed.nodes import parse_pools
 from kimi_testbed.supervisor import MARKER_CONFIGMAP
@@ -96,6 +98,12 @@ class Cluster:
     def pod_ip_range(self) -> str:
         return str(self.state.get("pod_ip_range", ""))
 
+    @property
+    def real_node(self) -> dict[str, Any] | None:
+        """What the supervisor recorded about the real node (node, node_ip, pod_cidr, images...), or None."""
+        info = self.state.get("real_node")
+        return dict(info) if isinstance(info, dict) else None
+
     def is_running(self) -> bool:
         st = self.state
         return st.get("phase") == "ready" and procs.owned(int(st.get("supervisor_pid") or 0), str(self.dir))
@@ -162,12 +170,14 @@ class Cluster:
         timeout: float = 180.0,
         bin_dir: Path | None = None,
         echo: bool = False,
+        real_node: bool = False,
     ) -> Cluster:
         """Start a cluster and wait until it is usable.
 
         ``nodes`` is the H200 pool; ``pools`` adds pools (``{"H100": 2}``). With ``owner_pid``, the cluster stops
-        by itself when that process exits (pytest passes its own pid). Raises BinariesMissingError when the
-        binaries are not built, ClusterError (with the failing component's log tail) when start-up fails.
+        by itself when that process exits (pytest passes its own pid). ``real_node`` adds the kubelet + containerd
+        node (kimi_testbed.realnode). Raises BinariesMissingError when the binaries are not built, ClusterError
+        (with the failing component's log tail) when start-up fails.
         """
         resolved_bins = find_bin_dir(bin_dir)
         pool_spec = parse_pools(nodes, [f"{k}={v}" for k, v in (pools or {}).items()])
@@ -182,6 +192,7 @@ class Cluster:
             "owner_pid": owner_pid or 0,
             "bin_dir": str(resolved_bins),
             "timeout": timeout,
+            "real_node": real_node,
         }
         (cl.dir / "spec.json").write_text(json.dumps(spec, indent=2))
         with contextlib.suppress(FileNotFoundError):
@@ -239,6 +250,10 @@ class Cluster:
         if sup:
             pids.insert(0, sup)
         procs.terminate([p for p in pids if p], str(self.dir), grace=5.0)
+        # a killed supervisor's real node leaves host effects (bridge, iptables, mounts, pods): undo them now
+        with contextlib.suppress(OSError):
+            if realnode.Ledger().read().get("dir") == str(self.dir):
+                realnode.sweep_stale(lambda msg: print(f"kimi-testbed: {msg}", file=sys.stderr))
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "state.json").unlink()
 
@@ -305,6 +320,19 @@ class Cluster:
             f"  control plane RSS now {total_rss / 1024:.0f} MiB, peak (sampled each second) "
             f"{int(st.get('peak_rss_kib', 0)) / 1024:.0f} MiB; supervisor {sup_rss / 1024:.0f} MiB"
         )
+        node = st.get("real_node")
+        if isinstance(node, dict):
+            shims = realnode.shim_pids(Path(node.get("node_dir", self.dir / "node")))
+            shim_rss = sum(procs.memory_kib(p)[0] for p in shims)
+            node_rss = sum(
+                procs.memory_kib(int(st["components"].get(n, {}).get("pid") or 0))[0]
+                for n in ("kubelet", "containerd", "kimi-device-plugin")
+            )
+            lines.append(
+                f"  real node    {node.get('node')} {node.get('node_ip')} (bridge {node.get('bridge')}, pods "
+                f"{node.get('pod_cidr')}); RSS kubelet+containerd+device plugin {node_rss / 1024:.0f} MiB, "
+                f"{len(shims)} shims {shim_rss / 1024:.0f} MiB"
+            )
         lines.append(f"  logs         {self.dir / 'logs'}")
         return "\n".join(lines)
 
@@ -324,7 +352,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return 0
     t0 = time.monotonic()
     try:
-        cl = Cluster.start(args.name, extra.get("H200", 0), pools, timeout=args.timeout, echo=args.verbose)
+        cl = Cluster.start(
+            args.name,
+            extra.get("H200", 0),
+            pools,
+            timeout=args.timeout,
+            echo=args.verbose,
+            real_node=args.real_node,
+        )
     except BinariesMissingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -343,6 +378,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"control plane RSS {peak:.0f} MiB; nodes {st.get('pools')}, pod IPs {st.get('pod_ip_range')}",
         file=sys.stderr,
     )
+    node = cl.real_node
+    if node:
+        print(
+            f"  real node {node['node']} at {node['node_ip']} (pods {node['pod_cidr']}): put pods there with "
+            f"nodeSelector {realnode.NODE_KIND_LABEL}=real and a toleration for that taint; images: "
+            f"{', '.join(node.get('images') or []) or 'none'}",
+            file=sys.stderr,
+        )
     print(f"  export KUBECONFIG={cl.kubeconfig}", file=sys.stderr)
     print(f"  stop with: make cluster-down CLUSTER={args.name}", file=sys.stderr)
     print(cl.kubeconfig)
@@ -371,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=4, help="H200 nodes (default 4)")
     up.add_argument("--pool", action="append", default=[], metavar="KIND=COUNT", help="extra pool: H100=2, B200=1")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also run one real kubelet + containerd node with 8 simulated GPUs (root; one per machine)",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="show the supervisor's progress")
     up.set_defaults(fn=_cmd_up)
     down = sub.add_parser("down", help="stop a cluster")

@@ -9,6 +9,10 @@
 - ``namespace``: a fresh namespace per test, deleted afterwards (teardown waits until its pods are gone, so
   GPUs are free for the next test). When the test fails, the report gets the namespace's pods and events.
 - ``standins``: a started stand-in engine harness (SGLang TEST DOUBLES) for the test's namespace.
+- ``real_node`` (session): the cluster's real node (kimi_testbed.realnode.NodeHandle: its name, IP, the
+  nodeSelector and toleration that put a pod there, images). The session cluster gets one when this machine can
+  run it (``KIMI_TESTBED_REAL_NODE``: ``auto``, the default; ``1``: required; ``0``: never); tests that need it
+  FAIL with the reason when it has none.
 
 Tests that use ``cluster`` (directly or through the others) get the ``cluster`` marker: ``-m "not cluster"``
 deselects them.
@@ -25,19 +29,30 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed import realnode
 from kimi_testbed.bins import BinariesMissingError
 from kimi_testbed.cluster import Cluster, ClusterError
 from kimi_testbed.harness import Harness
 from kimi_testbed.wait import NotYet, pods_summary, wait_for
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+_NO_REAL_NODE = pytest.StashKey[str]()  # why the session cluster has no real node
 TEST_NS_LABEL = "kimi-testbed.dev/test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "real_node: needs the test bed's real node (kubelet + containerd + runc; kimi_testbed.realnode)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "cluster" in fixtures:
             item.add_marker(pytest.mark.cluster)
+        if "real_node" in fixtures:
+            item.add_marker(pytest.mark.real_node)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -105,16 +120,19 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     name = f"test-{os.getpid()}"
     started: Cluster | None = None
     problem = ""
+    with_node, why_not = _want_real_node()
+    request.config.stash[_NO_REAL_NODE] = why_not
     try:
-        started = Cluster.start(name, owner_pid=os.getpid())
+        started = Cluster.start(name, owner_pid=os.getpid(), real_node=with_node)
     except (BinariesMissingError, ClusterError) as err:
         problem = f"cannot start the test cluster: {err}"
     if started is None:
         pytest.fail(problem, pytrace=False)
     st = started.state
+    node_note = f"real node {realnode.NODE_NAME}" if started.real_node else f"no real node ({why_not})"
     _terminal_line(
         request.config,
-        f"started cluster {name} in {st.get('startup_seconds')}s, "
+        f"started cluster {name} in {st.get('startup_seconds')}s with {node_note}, "
         f"control plane RSS {int(st.get('peak_rss_kib', 0)) / 1024:.0f} MiB, logs in {started.dir / 'logs'}",
     )
     os.environ["KUBECONFIG"] = str(started.kubeconfig)
@@ -129,6 +147,34 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         started.stop(remove=not keep)
         if keep:
             _terminal_line(request.config, f"stopped cluster {name}; logs kept in {started.dir / 'logs'}")
+
+
+def _want_real_node() -> tuple[bool, str]:
+    """Whether the session cluster gets the real node, and if not, why (for the tests that need it)."""
+    mode = os.environ.get("KIMI_TESTBED_REAL_NODE", "auto").strip().lower()
+    if mode in ("0", "no", "false", "off"):
+        return False, "KIMI_TESTBED_REAL_NODE=0"
+    if mode in ("1", "yes", "true", "on"):
+        return True, ""
+    missing = realnode.missing_host_parts()
+    if missing:
+        return False, f"this machine lacks {', '.join(missing)}: {realnode.HOST_PACKAGES_HINT}"
+    lock = realnode.NodeLock.acquire()
+    if lock is None:
+        return False, f"this machine's real node is in use by {realnode.lock_holder()} (one per machine)"
+    lock.release()
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster, request: pytest.FixtureRequest) -> realnode.NodeHandle:
+    info = cluster.real_node
+    if info is None:
+        why = request.config.stash.get(_NO_REAL_NODE, "") or (
+            f"cluster {cluster.name!r} was started without one (up --real-node, or make cluster-up)"
+        )
+        pytest.fail(f"this test needs the real node, and the test cluster has none: {why}", pytrace=False)
+    return realnode.NodeHandle(info)
 
 
 @pytest.fixture(scope="session")

@@ -329,7 +329,10 @@ def _describe(key: str, eng: StandinEngine) -> dict[str, Any]:
 
 
 def apply_controls(eng: StandinEngine, body: dict[str, Any]) -> None:
-    """Apply a control request: queue_depth, running_requests, healthy, mode (silent|talkative|down|up)."""
+    """Apply a control request: queue_depth, running_requests, healthy, completion_seconds, mode
+    (silent|talkative|down|up)."""
+    if "completion_seconds" in body:
+        eng.completion_seconds = float(body["completion_seconds"])
     if "queue_depth" in body:
         eng.queue_depth = int(body["queue_depth"])
     if "running_requests" in body:

@@ -41,6 +41,7 @@ import json
 import logging
 import random
 import re
+import signal
 import socket
 import struct
 import threading
@@ -318,6 +319,8 @@ class HubStandIn:
         cdn: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        cdn_port: int = 0,
+        public_host: str | None = None,
         bytes_per_second: float | None = None,
     ) -> None:
         self.repo = GeneratedRepo(layout or RepoLayout())
@@ -326,8 +329,10 @@ class HubStandIn:
             self.repos[extra.repo_id] = GeneratedRepo(extra)
         self.token = token
         self.use_cdn = cdn
-        self.host = host
+        self.host = host  # the address both listeners bind
+        self.public_host = public_host or host  # the address clients reach them at (URLs, CDN redirects)
         self._port = port
+        self._cdn_port = cdn_port
         self._secret = random.Random().randbytes(16)
         self._bucket = _Bucket()
         self._bucket.rate = bytes_per_second
@@ -342,7 +347,7 @@ class HubStandIn:
         for repo in self.repos.values():
             repo.warm_hashes()
         self._hub = self._listen("hub", self._port)
-        self._cdn = self._listen("cdn", 0) if self.use_cdn else None
+        self._cdn = self._listen("cdn", self._cdn_port) if self.use_cdn else None
         log.info("Hub TEST DOUBLE serving %s at %s", self.repo.repo_id, self.endpoint)
         return self
 
@@ -375,11 +380,11 @@ class HubStandIn:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.public_host}:{self.port}"
 
     @property
     def cdn_endpoint(self) -> str | None:
-        return None if self._cdn is None else f"http://{self.host}:{self._cdn.server_address[1]}"
+        return None if self._cdn is None else f"http://{self.public_host}:{self._cdn.server_address[1]}"
 
     # ---- what tests read
     @property
@@ -751,7 +756,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=RepoLayout.repo_id)
     parser.add_argument("--shards", type=int, default=RepoLayout.shards)
     parser.add_argument("--shard-mb", type=int, default=RepoLayout.shard_bytes // _MB)
+    parser.add_argument("--host", default="127.0.0.1", help="bind this address (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cdn-port", type=int, default=0, help="the CDN listener's port (0: any free port)")
+    parser.add_argument("--public-host", default=None, help="address clients reach (default: --host), e.g. a pod IP")
     parser.add_argument("--token", default=None, help="require this bearer token (for trying auth errors)")
     parser.add_argument("--bandwidth-mbps", type=float, default=0, help="limit to this many MB/s (0: unlimited)")
     parser.add_argument("--no-cdn", action="store_true", help="serve LFS files from the Hub listener directly")
@@ -761,16 +769,21 @@ def main(argv: list[str] | None = None) -> int:
         layout,
         token=args.token,
         cdn=not args.no_cdn,
+        host=args.host,
         port=args.port,
+        cdn_port=args.cdn_port,
+        public_host=args.public_host,
         bytes_per_second=args.bandwidth_mbps * 1e6 if args.bandwidth_mbps else None,
     ).start()
     print(f"Hub TEST DOUBLE serving {hub.repo_id}: main={hub.commit('main')} {layout.tag}={hub.commit(layout.tag)}")
     print(f"export HF_ENDPOINT={hub.endpoint}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        hub.stop()
+    stop = threading.Event()
+    # As PID 1 in a container a signal without a handler is ignored: stop on SIGTERM as on Ctrl-C.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+    hub.stop()
     return 0
 
 

@@ -97,8 +97,7 @@ def _signed_cert(pki: Pki, name: str, subject: str, sans: tuple[str, ...], usage
     ext.write_text(
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        f"extendedKeyUsage={usage}\n"
-        f"subjectAltName={','.join(sans)}\n"
+        f"extendedKeyUsage={usage}\n" + (f"subjectAltName={','.join(sans)}\n" if sans else "")
     )
     _openssl(
         "x509",
@@ -121,6 +120,15 @@ def _signed_cert(pki: Pki, name: str, subject: str, sans: tuple[str, ...], usage
     )
     csr.unlink()
     ext.unlink()
+
+
+def ensure_client_cert(pki: Pki, name: str, subject: str) -> tuple[Path, Path]:
+    """A client certificate ``<name>.crt``/``.key`` for ``subject`` (``/CN=user/O=group``), made once per cluster."""
+    crt, key = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
+    if not (crt.is_file() and key.is_file()):
+        _signed_cert(pki, name, subject, (), "clientAuth")
+        key.chmod(0o600)
+    return crt, key
 
 
 def ensure_pki(directory: Path) -> Pki:

@@ -12,7 +12,10 @@ It answers the HTTP surface the operator relies on, where an SGLang leader pod w
 
 A test drives it: ``queue_depth``/``running_requests`` (spread over DP ranks) or ``set_rank(...)``,
 ``make_unhealthy()``, ``make_silent()`` (accepts connections, never answers), ``stop_listening()`` (port closed,
-as while SGLang loads weights), ``resume()``. Every response carries ``Server: kimi-testbed-standin``.
+as while SGLang loads weights), ``resume()``, ``completion_seconds`` (each completion takes that long, to have
+answers in flight), ``drain()`` (stop accepting and wait for the answers in flight, as SGLang's HTTP server does on
+SIGTERM). Every response carries ``Server: kimi-testbed-standin``. As a program (the standin-engine image):
+``kimi_testbed.standin_server``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,6 +126,14 @@ class _Handler(BaseHTTPRequestHandler):
         return not engine._closing.is_set()
 
     def do_GET(self) -> None:
+        with self.server.engine._in_flight():
+            self._get()
+
+    def do_POST(self) -> None:
+        with self.server.engine._in_flight():
+            self._post()
+
+    def _get(self) -> None:
         if not self._gate():
             return
         engine = self.server.engine
@@ -137,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json({"error": f"no route {path} on the stand-in engine (test double)"}, 404)
 
-    def do_POST(self) -> None:
+    def _post(self) -> None:
         if not self._gate():
             return
         engine = self.server.engine
@@ -153,6 +165,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not engine.healthy:
                 self._json({"error": "engine unhealthy (stand-in)"}, 503)
                 return
+            if engine.completion_seconds > 0:
+                time.sleep(engine.completion_seconds)
             if body.get("stream"):
                 chunk = engine.chat_completion(body, stream=True)
                 data = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
@@ -180,6 +194,8 @@ class StandinEngine:
         self.healthy = True
         self.requests: collections.Counter[str] = collections.Counter()
         self.completions = 0
+        self.completion_seconds = 0.0  # how long each completion takes (answers in flight for drain tests)
+        self.in_flight = 0  # requests being answered now
         self._lock = threading.Lock()
         self._silent = threading.Event()
         self._closing = threading.Event()
@@ -239,6 +255,30 @@ class StandinEngine:
         return self.start()
 
     stop = stop_listening
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        with self._lock:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Stop accepting connections and wait (at most ``timeout`` s) for the requests in flight, as SGLang's HTTP
+        server does on SIGTERM; open connections stay open until their answer is written. Returns how many requests
+        were still in flight when it gave up (0: drained)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.in_flight and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.05)
+        log.info("stand-in engine (test double) on %s:%s drained, %d in flight", self.host, self.port, self.in_flight)
+        return self.in_flight
 
     def __enter__(self) -> StandinEngine:
         return self.start()

