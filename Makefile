@@ -35,7 +35,7 @@ $(ACTIONLINT):
 	GOBIN=$(dir $@) CGO_ENABLED=0 go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 .PHONY: node-deps
-node-deps: ## Install (once, as root, from Debian) what the real node runs: containerd, runc, CNI plugins, iptables
+node-deps: ## Install (once, as root, from Debian) what the real node and the tests run: containerd, runc, CNI, prometheus
 	bash hack/node/install.sh
 
 .PHONY: cluster-up
@@ -88,11 +88,11 @@ test-images: venv ## The built images' configs and files against their Dockerfil
 	$(PY) -m pytest -q tests/images
 
 .PHONY: test-cluster
-test-cluster: venv bins node-deps ## Tests against the local control plane (started and stopped by the session)
+test-cluster: venv bins node-deps images ## Tests against the local control plane (started and stopped by the session)
 	$(PY) -m pytest -q tests/cluster
 
 .PHONY: test
-test: venv bins node-deps ## All tests: unit, contract, cluster
+test: venv bins node-deps images ## All tests: unit, contract, images, cluster (installs and builds what they need)
 	$(PY) -m pytest -q tests
 
 .PHONY: check

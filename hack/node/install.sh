@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Install (once) what the test bed's real node runs, from Debian's archive: containerd, runc, the CNI plugins
-# (bridge, host-local, loopback), iptables and conntrack. Idempotent: does nothing when everything is present.
+# Install (once) what the test bed needs from Debian's archive: for the real node containerd, runc, the CNI plugins
+# (bridge, host-local, loopback), iptables and conntrack; for the tests openssl (test-bed certificates) and
+# prometheus (the real server behind the autoscaler's Prometheus-source test). Idempotent: does nothing when
+# everything is present. (make images installs buildah and mmdebstrap itself.)
 # Starts nothing: the cluster's supervisor runs containerd itself, with a config under the cluster dir.
 # Facts behind the choices: shared/reference/real-node.md (crun fails on this kernel's hybrid cgroups; runc works).
 set -euo pipefail
 
-PACKAGES=(containerd runc containernetworking-plugins iptables conntrack)
+PACKAGES=(containerd runc containernetworking-plugins iptables conntrack openssl prometheus)
 CNI_DIR=/usr/lib/cni
 
 present() {
   command -v containerd >/dev/null && command -v containerd-shim-runc-v2 >/dev/null && command -v ctr >/dev/null \
     && command -v runc >/dev/null && command -v iptables >/dev/null && command -v conntrack >/dev/null \
+    && command -v openssl >/dev/null && command -v prometheus >/dev/null \
     && [ -x "$CNI_DIR/bridge" ] && [ -x "$CNI_DIR/host-local" ] && [ -x "$CNI_DIR/loopback" ]
 }
 
