@@ -39,6 +39,18 @@ WARNING_REASONS = frozenset(
         "NoReadyReplicas",
         "VolumeNotBound",
         "RevisionUnresolved",
+        "UnsupportedByEngine",
+        "AcceleratorMismatch",
+        "VolumeTooSmall",
+        "InvalidTopology",
+        "ApplyFailed",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
     }
 )
 CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready", "ScalingActive")
@@ -311,6 +323,36 @@ def _unschedulable(pods: list[Manifest]) -> str | None:
     return None
 
 
+# Container states a pod does not leave by itself: each needs a person (a fixed image name, a Secret, a command).
+FAILING_CONTAINER_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
+
+def failing_pod(pods: list[Manifest]) -> tuple[str, str] | None:
+    """(reason, message) of the first pod whose container is stuck in a state it will not leave by itself, e.g.
+    ("ImagePullBackOff", "pod kd-7d9 container sglang: Back-off pulling image ...")."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for c in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (c.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in FAILING_CONTAINER_REASONS:
+                last = ((c.get("lastState") or {}).get("terminated") or {}).get("message") or ""
+                detail = waiting.get("message") or last or reason
+                name = pod.get("metadata", {}).get("name", "?")
+                return str(reason), f"pod {name} container {c.get('name', '?')}: {detail}"
+    return None
+
+
 def _plan_status(p: Plan) -> dict[str, Any]:
     return {
         "summary": p.summary,
@@ -576,6 +618,7 @@ def _status(
         available = _condition("Available", False, "NoReplicaReady", "no replica is serving yet", generation)
 
     unschedulable = _unschedulable(observed.pods)
+    failing = failing_pod(observed.pods) or (None if weights.ready else failing_pod(observed.fetch_pods))
     if observed.write_failures:
         reason, msg = (
             "ApplyFailed",
@@ -583,6 +626,8 @@ def _status(
             + "; ".join(observed.write_failures)
             + " (fix the spec; the operator retries with backoff)",
         )
+    elif failing is not None and not rolled_out:
+        reason, msg = failing[0], failing[1] + " (the pod will not recover by itself)"
     elif not weights.ready and weights.reason in ("VolumeNotBound", "RevisionUnresolved"):
         reason, msg = weights.reason, weights.message
     elif not weights.ready:
@@ -616,7 +661,9 @@ def _status(
     done = reason in ("Ready", "ScaledToZero")
     progressing = _condition(
         "Progressing",
-        not done and reason not in ("FetchFailed", "VolumeNotBound", "RevisionUnresolved", "ApplyFailed"),
+        not done
+        and reason not in ("FetchFailed", "VolumeNotBound", "RevisionUnresolved", "ApplyFailed")
+        and reason not in FAILING_CONTAINER_REASONS,
         "Complete" if done else reason,
         msg,
         generation,

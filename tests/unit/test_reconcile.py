@@ -457,3 +457,25 @@ def test_quantities_the_api_server_normalises_are_not_drift() -> None:
     assert is_subset(desired, stored)
     assert not is_subset({"resources": {"requests": {"cpu": "97"}}}, {"resources": {"requests": {"cpu": "96"}}})
     assert not is_subset({"env": [{"value": "1"}]}, {"env": [{"value": "1.0"}]}), "only quantity fields by value"
+
+
+def test_a_container_stuck_pulling_its_image_is_reported_with_kubelets_reason() -> None:
+    from kimi_operator.reconcile import failing_pod
+
+    pod = {
+        "metadata": {"name": "kd-abc"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "sglang",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}},
+                }
+            ]
+        },
+    }
+    assert failing_pod([pod]) == ("ImagePullBackOff", 'pod kd-abc container sglang: Back-off pulling image "x"')
+    starting = {
+        "metadata": {"name": "p"},
+        "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+    }
+    assert failing_pod([starting]) is None
