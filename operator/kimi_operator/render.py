@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -126,12 +127,26 @@ def weights_key(plan: Plan) -> str:
     return f"{plan.repo}@{plan.revision}"
 
 
+_SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _json_for_yaml(value: Any, **kwargs: Any) -> str:
+    """JSON that YAML reads back as the same value: ASCII-escaped (YAML refuses raw control characters), with each
+    surrogate pair as one YAML \\U escape (PyYAML does not join JSON's pairs; found by tests/unit/test_fuzz_api.py)."""
+
+    def join(m: re.Match[str]) -> str:
+        code = 0x10000 + ((int(m.group(1), 16) - 0xD800) << 10) + (int(m.group(2), 16) - 0xDC00)
+        return f"\\U{code:08x}"
+
+    return _SURROGATE_PAIR.sub(join, json.dumps(value, **kwargs))
+
+
 def _as_data(value: Any) -> Any:
     """Every `{{ value }}` is emitted as a JSON scalar (valid YAML): a user's string can never become YAML syntax
     (`key: "a, name: b"` stays one string). `| tojson` output is already data and passes as is."""
     if isinstance(value, markupsafe.Markup):
         return value
-    return json.dumps(value)
+    return _json_for_yaml(value)
 
 
 @cache
@@ -143,6 +158,7 @@ def _env() -> jinja2.Environment:
         keep_trailing_newline=True,
         finalize=_as_data,
     )
+    env.policies["json.dumps_function"] = _json_for_yaml
     env.policies["json.dumps_kwargs"] = {"sort_keys": False}
     return env
 
