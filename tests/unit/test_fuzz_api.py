@@ -153,7 +153,8 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         "replicas": draw(field(st.sampled_from([1, 2]), number)),
         "service": {"annotations": draw(field(st.dictionaries(st.sampled_from(["a.io/x", "b"]), text, max_size=2)))},
     }
-    return _drop_absent(out)
+    spec: dict[str, Any] = _drop_absent(out)
+    return spec
 
 
 def _drop_absent(value: Any) -> Any:
@@ -173,7 +174,7 @@ def _strings(value: Any) -> list[str]:
 def _verbatim(raw: dict[str, Any]) -> list[str]:
     """The accepted free-text values that the children carry unchanged."""
     model, engine = raw.get("model", {}), raw.get("engine", {})
-    out = [v for v in (raw.get("service", {}).get("annotations") or {}).values()]
+    out = list((raw.get("service", {}).get("annotations") or {}).values())
     if isinstance(model.get("tokenSecretRef"), dict):
         out += [model["tokenSecretRef"]["name"], model["tokenSecretRef"]["key"]]
     if model.get("servedModelName"):
