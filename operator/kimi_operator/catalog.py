@@ -37,8 +37,12 @@ class Checkpoint:
     quantization: str
     vision: bool
     sources: tuple[str, ...]
+    # The vision tower (MoonViT) SGLang sizes its memory headroom by: (layers, hidden size), None if text-only.
+    vision_tower: tuple[int, int] | None = None
     deepep_supported: bool = True
     pipeline_parallel_supported: bool = True
+    # SGLang's --language-model-only (skip the vision tower) accepts only some architectures at launch.
+    language_model_only_supported: bool = False
     quirks: tuple[EngineQuirk, ...] = field(default_factory=tuple)
 
     def kv_bytes_per_token(self, bytes_per_element: int) -> int:
@@ -51,20 +55,35 @@ class Accelerator:
     key: str
     vendor: str  # nvidia | amd
     memory_mib: int
-    product_label: str  # value of the node label nvidia.com/gpu.product (GPU feature discovery) or amd.com/gpu
+    # Value of the node label that names the GPU: nvidia.com/gpu.product (NVIDIA GPU feature discovery) or
+    # amd.com/gpu.product-name (AMD's GPU labeller, e.g. AMD_Instinct_MI300X_OAM).
+    product_label: str
     resource_name: str
     source: str
-    max_attention_tp: int | None = None  # heads-per-GPU constraint of the attention kernel, if any
+    # Compute capability (NVIDIA sm major/minor) or gfx target (AMD): what SGLang's launch-time checks read.
+    capability: tuple[int, int] = (9, 0)
+    gfx: str = ""
+    # A published layout smaller than a whole node (e.g. MI300X: TP4 on 4 GPUs, two replicas per 8-GPU node).
+    sub_node_gpus: int | None = None
+    sub_node_source: str = ""
+
+    @property
+    def product_label_key(self) -> str:
+        return "nvidia.com/gpu.product" if self.vendor == "nvidia" else "amd.com/gpu.product-name"
 
     @property
     def memory_bytes(self) -> int:
         return self.memory_mib * MIB
 
 
-# The SGLang release whose parser the contract test pins (hack/contract-requirements.txt) and whose image the
-# operator runs by default. Keep the two in step.
+# The SGLang release whose parser and launch-time checks the contract test pins (hack/contract-requirements.txt)
+# and whose image the operator runs by default. Keep the two in step.
 SGLANG_VERSION = "0.5.23"
 SGLANG_IMAGE = f"lmsysorg/sglang:v{SGLANG_VERSION}"
+# The CUDA image does not run on ROCm: AMD accelerators get SGLang's ROCm build (tag scheme
+# v<version>-rocm<rocm>-mi30x for gfx942, i.e. MI300X/MI325X; shared/reference/sglang-kimi.md).
+SGLANG_ROCM_IMAGE = f"lmsysorg/sglang:v{SGLANG_VERSION}-rocm700-mi30x"
+ENGINE_IMAGES = {"nvidia": SGLANG_IMAGE, "amd": SGLANG_ROCM_IMAGE}
 
 # Kimi K2 family text model (DeepseekV3 architecture), from config.json of each checkpoint.
 K2_LAYERS, K2_HEADS, K2_KV_LORA_RANK, K2_ROPE_DIM, K2_EXPERTS = 61, 64, 512, 64, 384
@@ -73,10 +92,6 @@ _NO_DEEPEP = EngineQuirk(
     "INT4 (W4A16 compressed-tensors, Marlin MoE) experts have no working DeepEP path in SGLang: use plain "
     "expert parallelism (--ep-size), not --moe-a2a-backend deepep",
     "sgl-project/sglang issue #22692, PR #23292, PR #13725",
-)
-_NO_PP = EngineQuirk(
-    "pipeline parallelism (--pp-size) is reported incompatible with this checkpoint",
-    "sgl-project/sglang PR #18925",
 )
 
 CHECKPOINTS: dict[str, Checkpoint] = {
@@ -89,9 +104,13 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         engine_image=SGLANG_IMAGE,
         quantization="int4 experts (compressed-tensors W4A16), bf16 attention",
         vision=True,
+        vision_tower=(27, 1152),  # vision_config: MoonViT 27 layers, hidden 1152 (sglang configs/kimi_k25.py)
         deepep_supported=False,
-        pipeline_parallel_supported=False,
-        quirks=(_NO_DEEPEP, _NO_PP),
+        # Refused before (sglang PR #18925); sglang 0.5.23's models/kimi_k25.py takes pipeline-parallel inputs
+        # and its launch-time checks accept TP8 x PP2 (tests/contract); vLLM runs K2.5 as TP8 x PP2 on 2x8 H100
+        # (vllm-project/recipes PR #395).
+        pipeline_parallel_supported=True,
+        quirks=(_NO_DEEPEP,),
         sources=(
             "HF moonshotai/Kimi-K2.5 config.json (text_config: kimi_k2 / DeepseekV3 arch) and deploy_guidance.md",
             "sgl-cookbook Kimi-K2.5.md: 8xH200 TP8; ~595 GB in 64 safetensors shards",
@@ -156,29 +175,49 @@ ACCELERATORS: dict[str, Accelerator] = {
     ),
     "H200": Accelerator("H200", "nvidia", 143771, "NVIDIA-H200", "nvidia.com/gpu", "nvidia-smi total on H200 SXM"),
     "H20": Accelerator("H20", "nvidia", 97871, "NVIDIA-H20", "nvidia.com/gpu", "nvidia-smi total on H20 96GB"),
-    "B200": Accelerator("B200", "nvidia", 183359, "NVIDIA-B200", "nvidia.com/gpu", "nvidia-smi total on B200"),
+    "B200": Accelerator(
+        "B200", "nvidia", 183359, "NVIDIA-B200", "nvidia.com/gpu", "nvidia-smi total on B200", capability=(10, 0)
+    ),
     "B300": Accelerator(
-        "B300", "nvidia", 274658, "NVIDIA-B300", "nvidia.com/gpu", "estimate: vendor spec 288 GB HBM3e"
+        "B300",
+        "nvidia",
+        274658,
+        "NVIDIA-B300",
+        "nvidia.com/gpu",
+        "estimate: vendor spec 288 GB HBM3e",
+        capability=(10, 3),
     ),
     "MI300X": Accelerator(
         "MI300X",
         "amd",
         196608,
-        "MI300X",
+        "AMD_Instinct_MI300X_OAM",
         "amd.com/gpu",
-        "vendor spec 192 GB HBM3; AITER MLA needs 16 heads per GPU (sglang kimi_k2_5 docs)",
-        max_attention_tp=4,
+        "vendor spec 192 GB HBM3; AITER MLA needs 16 heads per GPU (sglang kimi_k2_5 docs); label value as the "
+        "AMD GPU labeller writes it",
+        gfx="gfx942",
+        sub_node_gpus=4,
+        sub_node_source="AMD's published K2.5 MI300X recipe: TP4 on 4 GPUs, SGLANG_USE_AITER=1, fp8_e4m3 KV",
     ),
     "MI325X": Accelerator(
         "MI325X",
         "amd",
         262144,
-        "MI325X",
+        "AMD_Instinct_MI325X_OAM",
         "amd.com/gpu",
-        "vendor spec 256 GB HBM3e; AITER MLA needs 16 heads per GPU (sglang kimi_k2_5 docs)",
-        max_attention_tp=4,
+        "vendor spec 256 GB HBM3e; AITER MLA needs 16 heads per GPU (sglang kimi_k2_5 docs); label value as the "
+        "AMD GPU labeller writes it",
+        gfx="gfx942",
+        sub_node_gpus=4,
+        sub_node_source="the MI300X recipe (same gfx942 target, more memory): TP4 on 4 GPUs",
     ),
 }
+
+# Host resources an engine pod requests per GPU when engine.resources does not say, so engine pods are not
+# best-effort: OME's K2 runtime requests cpu 40 and memory 640Gi for 8 GPUs. Capped to what the smallest
+# matching node can give (planner.engine_requests).
+HOST_CPU_PER_GPU = 5
+HOST_MEMORY_GIB_PER_GPU = 80
 
 
 def checkpoint(repo: str) -> Checkpoint | None:

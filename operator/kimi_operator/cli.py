@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from kimi_operator import __version__, planner, render
 from kimi_operator.api.models import GROUP, KIND, KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
+from kimi_operator.engine import sglang
+from kimi_operator.weights import COMMIT_RE
 
 OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
 
@@ -46,19 +48,24 @@ def plan_table(spec: KimiDeploymentSpec, name: str) -> str:
     lines = [
         f"{name}: {p.repo}@{p.revision} on {p.accelerator} -> {p.summary}",
         f"  served as {p.served_model_name}, image {p.image}",
-        f"  context {p.context_length} tokens, KV cache {p.kv_cache_dtype} "
-        f"({p.kv_bytes_per_token / 1024:.1f} KiB/token), mem-fraction-static {p.mem_fraction_static_percent}%",
+        f"  context {p.context_length} tokens, KV cache {p.kv_cache_dtype} ({p.kv_bytes_per_token / 1024:.1f} KiB/token"
+        + (f", {p.pp} pipeline stages each cache {-(-61 // p.pp)} of 61 layers" if p.pp > 1 else "")
+        + ")",
+        f"  mem-fraction-static {p.mem_fraction_static:.3f}: {p.mem_fraction_source}",
         f"  startup budget {p.startup_budget_seconds // 60} min, weights volume {p.weights_volume_size}",
+        "  engine: " + " ".join(sglang.server_args(p, spec, multi_node=p.nodes_per_replica > 1)),
         "",
-        f"  {'nodes':>5} {'gpus':>4} {'tp':>3} {'ep':>3} {'dp':>3} {'weights/GPU':>11} {'KV/GPU':>8} "
-        f"{'KV tokens':>10} {'full-ctx seqs':>13}  verdict",
+        f"  {'gpus':>4} {'layout':<28} {'mem-frac':>8} {'weights/GPU':>11} {'KV/GPU':>8} {'KV tokens':>10} "
+        f"{'full-ctx seqs':>13}  verdict",
     ]
     for c in p.candidates:
-        verdict = "chosen" if c.nodes == p.nodes_per_replica else ("fits" if c.fits else "no: " + c.why_not)
+        chosen = (c.nodes, c.gpus) == (p.nodes_per_replica, p.gpus_per_replica)
+        verdict = "chosen" if chosen else ("fits" if c.fits else "no: " + c.why_not)
+        where = f"{c.nodes} node{'s' if c.nodes > 1 else ''}" if c.gpus >= p.gpus_per_node else "part of a node"
         lines.append(
-            f"  {c.nodes:>5} {c.gpus:>4} {c.tp:>3} {c.ep:>3} {c.dp:>3} {_gib(c.weights_bytes_per_gpu) + ' GiB':>11} "
-            f"{_gib(max(c.kv_budget_bytes_per_gpu, 0)) + ' GiB':>8} {c.kv_cache_tokens:>10} "
-            f"{c.max_full_context_sequences:>13}  {verdict}"
+            f"  {c.gpus:>4} {c.label + ' (' + where + ')':<28} {c.mem_fraction_static:>8.3f} "
+            f"{_gib(c.weights_bytes_per_gpu) + ' GiB':>11} {_gib(max(c.kv_budget_bytes_per_gpu, 0)) + ' GiB':>8} "
+            f"{c.kv_cache_tokens:>10} {c.max_full_context_sequences:>13}  {verdict}"
         )
     lines += [f"  note: {n}" for n in p.notes]
     return "\n".join(lines) + "\n"
@@ -86,6 +93,13 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"{meta.get('name')}: REFUSED ({err.reason}): {err.message}", file=sys.stderr)
             return 1
         owner = render.Owner(meta.get("name", "kimi"), meta.get("namespace") or args.namespace, OFFLINE_UID)
+        if not args.commit and not COMMIT_RE.match(spec.model.revision):
+            print(
+                f"{meta.get('name')}: model.revision {spec.model.revision!r} is not pinned here: the operator resolves "
+                "it to a commit through the Hub and serves /models/<repo>/<commit>; pass --commit to see exactly that",
+                file=sys.stderr,
+            )
+        p = render.pin(p, spec, config, commit=args.commit or None, draft_commit=args.draft_commit or None)
         manifests += render.render_all(owner, spec, p, config, weights_ready=not args.before_weights)
     sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
     return 0
@@ -151,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("-f", "--file", required=True)
     r.add_argument("-n", "--namespace", default="default")
     r.add_argument("--before-weights", action="store_true", help="render the download stage (Job, no GPUs)")
+    r.add_argument("--commit", default="", help="the commit model.revision resolves to (as the operator pins it)")
+    r.add_argument("--draft-commit", default="", help="the commit of the speculative draft model's main branch")
     r.set_defaults(func=cmd_render)
     run = sub.add_parser("run", help="run the operator (kopf) against the current cluster")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")

@@ -13,7 +13,8 @@ DEFAULT_OPERATOR_IMAGE = f"ghcr.io/kimi-operator/kimi-operator:{__version__}"
 @dataclass(frozen=True)
 class OperatorConfig:
     operator_image: str = DEFAULT_OPERATOR_IMAGE
-    engine_image: str = ""  # SGLang image when spec.engine.image is unset (empty: the catalog's pin)
+    engine_image: str = ""  # SGLang image for NVIDIA GPUs when spec.engine.image is unset (empty: the catalog's pin)
+    engine_image_rocm: str = ""  # the same for AMD GPUs (a ROCm build of SGLang)
     resync_seconds: int = 60
     workers: int = 4
     metrics_port: int = 8080
@@ -28,6 +29,7 @@ class OperatorConfig:
         return cls(
             operator_image=env.get("KIMI_OPERATOR_IMAGE", DEFAULT_OPERATOR_IMAGE),
             engine_image=env.get("KIMI_ENGINE_IMAGE", ""),
+            engine_image_rocm=env.get("KIMI_ENGINE_IMAGE_ROCM", ""),
             resync_seconds=int(env.get("KIMI_RESYNC_SECONDS", "60")),
             workers=int(env.get("KIMI_WORKERS", "4")),
             metrics_port=int(env.get("KIMI_METRICS_PORT", "8080")),

@@ -13,7 +13,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from kimi_operator import metrics, reconcile, render
+from pydantic import ValidationError
+
+from kimi_operator import catalog, metrics, quantity, reconcile, render
+from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.hub import Resolver
 from kimi_operator.kube import Kube, KubeError
@@ -58,6 +61,43 @@ def _completed_by_others(kube: Kube, namespace: str, name: str, claim: str) -> f
     return frozenset(keys - {""})
 
 
+NODE_SIZE_TTL_SECONDS = 300.0
+_node_sizes: dict[str, tuple[float, tuple[int, int] | None]] = {}
+
+
+def _smallest_node(kube: Kube, body: Manifest) -> tuple[int, int] | None:
+    """(millicores, memory bytes) allocatable on the smallest node the spec's engine pods can land on, or None
+    (no such node, the spec does not parse, or the operator may not list nodes). Cached per selector for 5 min."""
+    try:
+        spec = KimiDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None
+    acc = catalog.ACCELERATORS.get(spec.topology.accelerator)
+    if acc is None:
+        return None
+    labels = {acc.product_label_key: acc.product_label, **spec.topology.node_selector}
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    now = time.monotonic()
+    cached = _node_sizes.get(selector)
+    if cached is not None and now - cached[0] < NODE_SIZE_TTL_SECONDS:
+        return cached[1]
+    size: tuple[int, int] | None = None
+    try:
+        sizes = []
+        for node in kube.list_nodes(selector):
+            alloc = (node.get("status") or {}).get("allocatable") or {}
+            try:
+                sizes.append((int(quantity.parse(alloc["cpu"]) * 1000), int(quantity.parse(alloc["memory"]))))
+            except (KeyError, ValueError):
+                continue
+        size = min(sizes) if sizes else None
+    except KubeError as err:
+        if err.status not in (403, 404):
+            raise
+    _node_sizes[selector] = (now, size)
+    return size
+
+
 def observe(
     kube: Kube, resolver: Resolver, namespace: str, name: str, body: Manifest, volume_grace: int = 30
 ) -> reconcile.Observed:
@@ -94,6 +134,7 @@ def observe(
         resolve_error=error,
         completed_on_claim=completed,
         volume_problem=_volume_problem(kube, namespace, children.get(("PersistentVolumeClaim", claim)), volume_grace),
+        node_allocatable=_smallest_node(kube, body),
     )
 
 

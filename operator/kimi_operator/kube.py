@@ -32,7 +32,7 @@ class ResourceType:
 
     def path(self, namespace: str, name: str | None = None) -> str:
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        out = f"{base}/namespaces/{namespace}/{self.plural}"
+        out = f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
         return f"{out}/{name}" if name else out
 
 
@@ -48,6 +48,7 @@ CHILD_TYPES: dict[str, ResourceType] = {
 OPTIONAL_KINDS = frozenset({"LeaderWorkerSet"})  # CRDs a cluster may not have
 PODS = ResourceType("v1", "Pod", "pods")
 EVENTS = ResourceType("v1", "Event", "events")
+NODES = ResourceType("v1", "Node", "nodes")  # cluster-scoped: path("")
 
 
 class KubeError(Exception):
@@ -143,6 +144,10 @@ class Kube:
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         return self.list_of(PODS, namespace, selector)
+
+    def list_nodes(self, selector: str) -> list[Manifest]:
+        """Nodes with these labels (cluster-scoped; needs nodes list, which the namespaced chart does not grant)."""
+        return self.list_of(NODES, "", selector)
 
     def list_kds(self, namespace: str) -> list[Manifest]:
         return self.list_of(KD, namespace, "")

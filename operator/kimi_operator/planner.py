@@ -2,12 +2,18 @@
 
 Memory model per GPU (all replicas of a layout are identical):
   static budget   = GPU memory x memFractionStatic           (what SGLang gives weights + KV cache)
-  weights per GPU = checkpoint bytes / GPUs per replica       (TP/EP shard experts and attention evenly)
+  weights per GPU = checkpoint bytes / GPUs per replica       (TP/EP/PP shard experts and attention evenly)
   KV budget       = static budget - weights per GPU
-  KV bytes/token  = (kv_lora_rank + qk_rope_head_dim) x layers x bytes per element   (MLA latent cache)
+  KV bytes/token  = (kv_lora_rank + qk_rope_head_dim) x layers on this GPU x bytes per element   (MLA latent)
 Without DP attention every TP rank holds the same latent cache, so a replica holds KV budget / bytes-per-token
-tokens. With DP attention each attention-DP rank keeps its own requests' cache, so capacity multiplies by dp.
-A layout is refused when the KV budget cannot hold one sequence of the full context length.
+tokens. With DP attention each attention-DP rank keeps its own requests' cache, so capacity multiplies by dp. With
+pipeline parallelism each stage caches only its own layers, so a GPU holds the tokens of layers/pp layers.
+A layout is refused when the KV budget cannot hold one sequence of the full context length, or when the attention
+TP size does not divide the checkpoint's attention heads (SGLang cannot shard them).
+
+The memory fraction passed to SGLang (and used above) is, in order: the spec's; a published recipe's value for the
+profile; else SGLang's own computed default for that command line (`sglang_default_mem_fraction`, a replica of
+sglang 0.5.23's memory_hook heuristic that tests/contract checks against the real hook).
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from pydantic import BaseModel, ConfigDict
 from kimi_operator import catalog
 from kimi_operator.api.models import KimiDeploymentSpec, TopologySpec
 
-DEFAULT_MEM_FRACTION_PERCENT = 85
 MAX_AUTO_NODES = 4
 # Startup budget: a pessimistic weight read of 250 MB/s from network storage (single-threaded K2.5 load was
 # measured at ~400 MB/s: 24m46s, sglang PR #18124) plus 15 min for CUDA graph capture and DeepGEMM JIT
@@ -28,6 +33,17 @@ MAX_AUTO_NODES = 4
 LOAD_BYTES_PER_SECOND = 250_000_000
 POST_LOAD_SECONDS = 900
 MIN_STARTUP_SECONDS = 2400
+# Under attention DP SGLang divides --chunked-prefill-size by the attention-DP size (parallel_hook); published DP
+# deployments use 32K+, i.e. 4096 tokens per rank at DP8. Never below SGLang's single-rank default of 8192.
+CHUNK_PER_ATTENTION_DP_RANK = 4096
+MIN_DP_CHUNK = 8192
+# Published --mem-fraction-static values (shared/reference/sglang-kimi.md "Launch-time validation in 0.5.23").
+PUBLISHED_FRACTION_AMD = (0.80, "AMD's published K2.5 MI300X recipe (--mem-fraction-static 0.8)")
+PUBLISHED_FRACTION_DP = (0.70, "published SGLang DP-attention/EP deployments (~0.7)")
+PUBLISHED_FRACTION_H200_EAGLE3 = (0.90, "SGLang cookbook K2.5 H200 TP8 + EAGLE3 (--mem-fraction-static 0.9)")
+# Multi-node: torch.distributed initialisation waits for every node of the group; a node whose image pull or
+# weight read is slow must not time the others out (seconds; --dist-timeout).
+DIST_TIMEOUT_SECONDS = 3600
 
 
 class PlanError(Exception):
@@ -47,8 +63,12 @@ class Layout(BaseModel):
     nodes: int
     gpus: int
     tp: int
+    pp: int
     ep: int
     dp: int
+    mem_fraction_static: float  # passed to SGLang, and what it runs with (engine/sglang.py keeps AITER from scaling it)
+    mem_fraction_source: str
+    chunked_prefill_size: int | None
     weights_bytes_per_gpu: int
     static_bytes_per_gpu: int
     kv_budget_bytes_per_gpu: int
@@ -56,6 +76,17 @@ class Layout(BaseModel):
     max_full_context_sequences: int
     fits: bool
     why_not: str = ""
+
+    @property
+    def label(self) -> str:
+        parts = [f"TP{self.tp}"]
+        if self.pp > 1:
+            parts.append(f"PP{self.pp}")
+        if self.ep > 1:
+            parts.append(f"EP{self.ep}")
+        if self.dp > 1:
+            parts.append(f"DPattn{self.dp}")
+        return " ".join(parts)
 
 
 class Plan(BaseModel):
@@ -71,16 +102,24 @@ class Plan(BaseModel):
     accelerator: str
     vendor: str
     gpu_resource_name: str
+    gpu_product_label_key: str
     gpu_product_label: str
     gpus_per_node: int
     nodes_per_replica: int
     gpus_per_replica: int
     tp: int
+    pp: int
     ep: int
     dp: int
     data_parallel_attention: bool
+    rdma: bool
     context_length: int
-    mem_fraction_static_percent: int
+    mem_fraction_static: float
+    mem_fraction_source: str
+    chunked_prefill_size: int | None
+    max_running_requests: int | None
+    language_model_only: bool
+    dist_timeout_seconds: int | None
     kv_cache_dtype: str
     kv_bytes_per_token: int
     weights_bytes: int
@@ -94,8 +133,20 @@ class Plan(BaseModel):
     notes: tuple[str, ...]
 
     @property
+    def gpus_per_pod(self) -> int:
+        """GPUs one engine pod requests: the whole node, or the replica when it is smaller than a node."""
+        return min(self.gpus_per_replica, self.gpus_per_node)
+
+    @property
     def summary(self) -> str:
-        parts = [f"{self.nodes_per_replica}x{self.gpus_per_node} {self.accelerator}", f"TP{self.tp}"]
+        size = (
+            f"{self.nodes_per_replica}x{self.gpus_per_node}"
+            if self.gpus_per_replica >= self.gpus_per_node
+            else f"{self.gpus_per_replica}/{self.gpus_per_node}"
+        )
+        parts = [f"{size} {self.accelerator}", f"TP{self.tp}"]
+        if self.pp > 1:
+            parts.append(f"PP{self.pp}")
         if self.ep > 1:
             parts.append(f"EP{self.ep}")
         if self.dp > 1:
@@ -106,46 +157,162 @@ class Plan(BaseModel):
 @dataclass(frozen=True)
 class _Options:
     context_length: int
-    fraction: float
+    fraction_percent: int | None  # the spec's, if set
     kv_element_bytes: int
     dp_attention: bool
     expert_parallel: bool | None
+    pipeline_parallel: bool | None
+    rdma: bool
+    speculative: bool
+    max_running_requests: int | None
+    language_model_only: bool
+    user_chunk: bool  # extraArgs set --chunked-prefill-size
+    user_chunk_size: int | None = None  # ... to this
+    user_max_running: int | None = None  # extraArgs' --max-running-requests
 
 
 def gib(n: int) -> str:
     return f"{n / catalog.GIB:.1f}"
 
 
-def _attention_dp(acc: catalog.Accelerator, tp: int, requested: bool) -> int:
-    if requested:
-        return tp
-    if acc.max_attention_tp is not None and tp > acc.max_attention_tp:
-        return tp // acc.max_attention_tp
-    return 1
+def aiter_attention(acc: catalog.Accelerator, ckpt: catalog.Checkpoint, tp: int) -> bool:
+    """Whether SGLang 0.5.23 picks the AITER MLA backend: on ROCm when a TP rank holds 16 or 128 attention heads
+    (model_override_base: "current aiter only support head number 16 or 128"); triton otherwise."""
+    return acc.vendor == "amd" and ckpt.num_attention_heads // tp in (16, 128)
 
 
+# ------------------------------------------------------------------------------------------------ memory fraction
+def _sglang_capacity_defaults(gpu_mem_mib: int, tp: int) -> tuple[int, int]:
+    """(chunked_prefill_size, decode CUDA-graph max batch) SGLang 0.5.23 picks from GPU memory (memory_hook)."""
+    if gpu_mem_mib < 20 * 1024:
+        return 2048, 8
+    if gpu_mem_mib < 35 * 1024:
+        return 4096, 48 if tp < 4 else 160
+    if gpu_mem_mib < 60 * 1024:
+        return 4096, 32 if tp < 4 else 160
+    if gpu_mem_mib < 160 * 1024:
+        return 8192, 256 if tp < 4 else 512
+    return 16384, 512
+
+
+def sglang_default_mem_fraction(
+    *,
+    gpu_mem_mib: int,
+    tp: int,
+    pp: int,
+    attn_dp: int,
+    chunked_prefill_size: int | None,
+    max_running_requests: int | None,
+    vision_tower: tuple[int, int] | None,
+) -> float:
+    """What sglang 0.5.23 computes for --mem-fraction-static when it is not passed, for an MLA model on CUDA/ROCm.
+
+    A replica of `memory_hook.handle_gpu_memory_settings` and `reserve_for_graph_mb` for the settings the operator
+    renders (decode and prefill CUDA graphs on, MLA attention, no DeepEP, no PD disaggregation); the contract test
+    (tests/contract/test_launch.py) runs the real hook on every rendered profile and compares.
+    """
+    default_chunk, max_bs = _sglang_capacity_defaults(gpu_mem_mib, tp)
+    chunk = chunked_prefill_size or default_chunk
+    if max_running_requests is not None and max_bs > max_running_requests:
+        max_bs = max_running_requests
+    graph = max_bs * 2.0
+    if attn_dp > 1:
+        graph += max_bs * attn_dp * 3
+        if max_bs > 300:
+            graph += max_bs * attn_dp * 1.5
+    if pp == 1:
+        graph += 1.5 * 1024  # MLA prefill CUDA graphs (not captured with pipeline parallelism)
+    reserved = 512 + max(chunk, 2048) * 1.5 + tp * pp / 8 * 1024 + graph
+    if gpu_mem_mib > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    fraction = round((gpu_mem_mib - reserved) / gpu_mem_mib, 3)
+    if vision_tower is not None:
+        layers, hidden = vision_tower
+        ratio = layers * hidden**2 / (24 * 1024**2)  # against ViT-L/14
+        fraction *= 0.95 * max(0.8, min(1.05, 1.0 - 0.1 * (ratio - 1.0)))
+    return fraction
+
+
+def _chunk(dp: int, opts: _Options) -> int | None:
+    """--chunked-prefill-size the operator passes: only under attention DP, so each rank keeps a useful chunk."""
+    if dp <= 1 or opts.user_chunk:
+        return None
+    return max(MIN_DP_CHUNK, CHUNK_PER_ATTENTION_DP_RANK * dp)
+
+
+def _mem_fraction(
+    ckpt: catalog.Checkpoint,
+    acc: catalog.Accelerator,
+    *,
+    nodes: int,
+    tp: int,
+    pp: int,
+    dp: int,
+    chunk: int | None,
+    opts: _Options,
+) -> tuple[float, str]:
+    if opts.fraction_percent is not None:
+        return opts.fraction_percent / 100, "engine.memFractionStaticPercent"
+    if acc.vendor == "amd":
+        return PUBLISHED_FRACTION_AMD
+    if dp > 1:
+        return PUBLISHED_FRACTION_DP
+    if opts.speculative and acc.key == "H200" and nodes == 1 and tp == 8:
+        return PUBLISHED_FRACTION_H200_EAGLE3
+    fraction = sglang_default_mem_fraction(
+        gpu_mem_mib=acc.memory_mib,
+        tp=tp,
+        pp=pp,
+        attn_dp=dp,
+        chunked_prefill_size=chunk or opts.user_chunk_size,
+        max_running_requests=opts.max_running_requests or opts.user_max_running,
+        vision_tower=None if opts.language_model_only else ckpt.vision_tower,
+    )
+    return fraction, f"SGLang {catalog.SGLANG_VERSION}'s own default for this line (memory_hook)"
+
+
+# ------------------------------------------------------------------------------------------------ layouts
 def evaluate(
-    ckpt: catalog.Checkpoint, acc: catalog.Accelerator, nodes: int, gpus_per_node: int, opts: _Options
+    ckpt: catalog.Checkpoint,
+    acc: catalog.Accelerator,
+    nodes: int,
+    gpus_per_node: int,
+    opts: _Options,
+    *,
+    gpus: int | None = None,
 ) -> Layout:
-    gpus = nodes * gpus_per_node
-    tp = gpus
-    dp = _attention_dp(acc, tp, opts.dp_attention)
-    # Plain EP (not DeepEP) shards experts across every GPU of the replica; across nodes it keeps the MoE
-    # traffic to one all-to-all per layer instead of TP all-reduces over the inter-node network.
-    ep = tp if opts.expert_parallel or (opts.expert_parallel is None and nodes > 1) else 1
+    """One layout: `nodes` whole nodes, or (nodes == 1, gpus < gpus_per_node) part of one node."""
+    gpus = gpus or nodes * gpus_per_node
+    pipeline = nodes > 1 and (opts.pipeline_parallel if opts.pipeline_parallel is not None else not opts.rdma)
+    pp = nodes if pipeline else 1
+    tp = gpus // pp
+    dp = tp if opts.dp_attention else 1
+    # Plain EP (not DeepEP) shards experts across every GPU of a TP group; across nodes it keeps the MoE traffic to
+    # one all-to-all per layer instead of TP all-reduces over the inter-node network. Pipeline stages talk only
+    # activations between nodes, so EP stays off there unless asked.
+    ep = tp if opts.expert_parallel or (opts.expert_parallel is None and nodes > 1 and not pipeline) else 1
+    chunk = _chunk(dp, opts)
+    fraction, source = _mem_fraction(ckpt, acc, nodes=nodes, tp=tp, pp=pp, dp=dp, chunk=chunk, opts=opts)
     weights = math.ceil(ckpt.weights_bytes / gpus)
-    static = int(acc.memory_bytes * opts.fraction)
+    static = int(acc.memory_bytes * fraction)
     kv_budget = static - weights
-    per_token = ckpt.kv_bytes_per_token(opts.kv_element_bytes)
+    layers_here = math.ceil(ckpt.num_layers / pp)
+    per_token = ckpt.kv_bytes_per_token(opts.kv_element_bytes) * layers_here // ckpt.num_layers
     tokens_per_rank = max(kv_budget, 0) // per_token
     tokens = tokens_per_rank * dp
     full = tokens_per_rank // opts.context_length * dp
+    attention_tp = tp // dp
     why = ""
-    if kv_budget <= 0:
+    if ckpt.num_attention_heads % attention_tp:
+        why = (
+            f"attention tensor parallelism {attention_tp} does not divide {ckpt.repo}'s {ckpt.num_attention_heads} "
+            "attention heads"
+        )
+    elif kv_budget <= 0:
         why = (
             f"{ckpt.weights_bytes / catalog.GB:.0f} GB of weights need {gib(weights)} GiB per GPU on {gpus} x "
             f"{acc.key} ({gib(acc.memory_bytes)} GiB each, {gib(static)} GiB usable at mem-fraction "
-            f"{opts.fraction:.2f}), leaving no room for KV cache"
+            f"{fraction:.3f}), leaving no room for KV cache"
         )
     elif tokens_per_rank < opts.context_length:
         why = (
@@ -156,8 +323,12 @@ def evaluate(
         nodes=nodes,
         gpus=gpus,
         tp=tp,
+        pp=pp,
         ep=ep,
         dp=dp,
+        mem_fraction_static=fraction,
+        mem_fraction_source=source,
+        chunked_prefill_size=chunk,
         weights_bytes_per_gpu=weights,
         static_bytes_per_gpu=static,
         kv_budget_bytes_per_gpu=kv_budget,
@@ -166,6 +337,38 @@ def evaluate(
         fits=not why,
         why_not=why,
     )
+
+
+def _candidates(
+    ckpt: catalog.Checkpoint, acc: catalog.Accelerator, topo: TopologySpec, opts: _Options
+) -> tuple[Layout, ...]:
+    if topo.gpus_per_replica and topo.gpus_per_replica < topo.gpus_per_node:
+        if topo.nodes_per_replica > 1:
+            raise PlanError(
+                "InvalidTopology",
+                f"topology.gpusPerReplica {topo.gpus_per_replica} is part of one node but nodesPerReplica is "
+                f"{topo.nodes_per_replica}; set gpusPerReplica: 0 for multi-node replicas",
+            )
+        if topo.gpus_per_node % topo.gpus_per_replica:
+            raise PlanError(
+                "InvalidTopology",
+                f"topology.gpusPerReplica {topo.gpus_per_replica} does not divide gpusPerNode "
+                f"{topo.gpus_per_node}; use a divisor so replicas pack a node",
+            )
+        return (evaluate(ckpt, acc, 1, topo.gpus_per_node, opts, gpus=topo.gpus_per_replica),)
+    out: list[Layout] = []
+    sub = acc.sub_node_gpus
+    if (
+        not topo.gpus_per_replica
+        and topo.nodes_per_replica in (0, 1)
+        and sub is not None
+        and sub < topo.gpus_per_node
+        and topo.gpus_per_node % sub == 0
+    ):
+        out.append(evaluate(ckpt, acc, 1, topo.gpus_per_node, opts, gpus=sub))
+    wanted = [topo.nodes_per_replica] if topo.nodes_per_replica else list(range(1, MAX_AUTO_NODES + 1))
+    out += [evaluate(ckpt, acc, n, topo.gpus_per_node, opts) for n in wanted]
+    return tuple(out)
 
 
 def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> None:
@@ -177,20 +380,31 @@ def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> Non
             "UnsupportedByCheckpoint",
             f"{ckpt.repo}: {quirk.text} ({quirk.source}); remove --moe-a2a-backend deepep from engine.extraArgs",
         )
-    if not ckpt.pipeline_parallel_supported and any(
-        a.split("=")[0] in ("--pp-size", "--pipeline-parallel-size") for a in extra_args
-    ):
-        quirk = next(q for q in ckpt.quirks if "pipeline" in q.text)
-        raise PlanError(
-            "UnsupportedByCheckpoint",
-            f"{ckpt.repo}: {quirk.text} ({quirk.source}); remove --pp-size and let the planner use more nodes "
-            "with tensor/expert parallelism instead",
-        )
 
 
 def _volume_size(weights_bytes: int) -> str:
     """Checkpoint size plus 15% headroom (partial files during a resume, a second revision's config files)."""
     return f"{math.ceil(weights_bytes * 1.15 / catalog.GIB)}Gi"
+
+
+def _has_flag(extra_args: list[str], flag: str) -> bool:
+    return any(a.strip().split("=", 1)[0].split(" ", 1)[0] == flag for a in extra_args)
+
+
+def _int_flag(extra_args: list[str], flag: str) -> int | None:
+    """The integer value extraArgs give `flag` (`--flag N`, `--flag=N`; the last one wins, as in argparse)."""
+    value: int | None = None
+    for i, arg in enumerate(extra_args):
+        text = arg.strip()
+        raw = text.split("=", 1)[1] if text.startswith(flag + "=") else None
+        if text == flag and i + 1 < len(extra_args):
+            raw = extra_args[i + 1]
+        if raw is not None:
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                continue
+    return value
 
 
 def plan(spec: KimiDeploymentSpec) -> Plan:
@@ -219,31 +433,85 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
             f"engine.contextLength {context} exceeds {ckpt.repo}'s maximum of {ckpt.max_context} tokens; "
             f"remove it or set at most {ckpt.max_context}",
         )
+    if eng.language_model_only and not ckpt.vision:
+        raise PlanError(
+            "InvalidSpec",
+            f"engine.languageModelOnly: {ckpt.repo} is a text-only checkpoint (no vision tower to skip); remove it",
+        )
+    if eng.language_model_only and not ckpt.language_model_only_supported:
+        raise PlanError(
+            "UnsupportedByEngine",
+            f"engine.languageModelOnly: SGLang {catalog.SGLANG_VERSION} refuses --language-model-only for "
+            f"{ckpt.repo} at launch (its model_hook allows it only for DeepseekV4, MuseGlimmer and Cosmos3 "
+            "architectures; checked by tests/contract); remove engine.languageModelOnly - text requests are served "
+            "either way, the vision tower only keeps its memory",
+        )
     kv_dtype = eng.kv_cache_dtype
     if kv_dtype == "auto" and acc.vendor == "amd":
         kv_dtype = "fp8_e4m3"
         notes.append("AMD: KV cache in fp8_e4m3 (recommended for K2 MLA on ROCm, sglang kimi_k2_5 docs)")
     element_bytes = 1 if kv_dtype.startswith("fp8") else 2
-    percent = eng.mem_fraction_static_percent or DEFAULT_MEM_FRACTION_PERCENT
+    speculative = eng.speculative
+    max_running = (
+        None
+        if speculative is None or _has_flag(eng.extra_args, "--max-running-requests")
+        else speculative.max_running_requests
+    )
+    rdma = bool(topo.network.rdma_resource)
     opts = _Options(
         context_length=context,
-        fraction=percent / 100,
+        fraction_percent=eng.mem_fraction_static_percent,
         kv_element_bytes=element_bytes,
         dp_attention=eng.data_parallel_attention,
         expert_parallel=eng.expert_parallel,
+        pipeline_parallel=eng.pipeline_parallel,
+        rdma=rdma,
+        speculative=speculative is not None,
+        max_running_requests=max_running,
+        language_model_only=eng.language_model_only or not ckpt.vision,
+        user_chunk=_has_flag(eng.extra_args, "--chunked-prefill-size"),
+        user_chunk_size=_int_flag(eng.extra_args, "--chunked-prefill-size"),
+        user_max_running=_int_flag(eng.extra_args, "--max-running-requests"),
     )
-    wanted = [topo.nodes_per_replica] if topo.nodes_per_replica else list(range(1, MAX_AUTO_NODES + 1))
-    candidates = tuple(evaluate(ckpt, acc, n, topo.gpus_per_node, opts) for n in wanted)
+    candidates = _candidates(ckpt, acc, topo, opts)
     chosen = next((c for c in candidates if c.fits), None)
     if chosen is None:
         raise PlanError("DoesNotFit", _does_not_fit(ckpt, acc, candidates, topo, opts))
-    if acc.max_attention_tp is not None and chosen.dp > 1 and not eng.data_parallel_attention:
+    if acc.vendor == "amd":
+        heads = ckpt.num_attention_heads // chosen.tp
         notes.append(
-            f"{acc.key}: attention runs with DP {chosen.dp} so each GPU holds "
-            f"{ckpt.num_attention_heads * chosen.dp // chosen.tp} heads (the AITER MLA kernel needs 16 per GPU)"
+            f"{acc.key}: {heads} attention heads per GPU -> SGLang's "
+            + ("AITER MLA backend" if aiter_attention(acc, ckpt, chosen.tp) else "triton MLA backend (AITER needs 16)")
         )
-    if eng.speculative is not None and ckpt.repo == "moonshotai/Kimi-K2.5":
-        notes.append("EAGLE3 draft model runs beside the target; it needs SGLANG_ENABLE_SPEC_V2=1 (set)")
+    if chosen.gpus < topo.gpus_per_node:
+        notes.append(
+            f"{acc.key}: one replica uses {chosen.gpus} of a node's {topo.gpus_per_node} GPUs, so "
+            f"{topo.gpus_per_node // chosen.gpus} replicas share a node"
+            + (f" ({acc.sub_node_source})" if acc.sub_node_source and not topo.gpus_per_replica else "")
+        )
+    if chosen.pp > 1:
+        notes.append(
+            f"multi-node without RDMA: {chosen.pp} pipeline stages of TP{chosen.tp}, one per node, so only "
+            "activations cross the node network (vLLM's K2.5 recipe runs 2x8 H100 as TP8 x PP2)"
+            if not rdma
+            else f"pipeline parallelism across nodes: {chosen.pp} stages of TP{chosen.tp}"
+        )
+    elif chosen.nodes > 1 and not rdma:
+        notes.append(
+            f"WARNING: TP{chosen.tp} spans {chosen.nodes} nodes without RDMA (topology.network.rdmaResource unset): "
+            "every layer all-reduces over TCP; set engine.pipelineParallel: true or give the pods RDMA"
+        )
+    if speculative is not None:
+        if max_running is not None:
+            notes.append(
+                f"EAGLE3: at most {max_running} concurrent requests per replica (--max-running-requests; SGLang's "
+                "speculative default is 48); raise engine.speculative.maxRunningRequests for more"
+            )
+        if speculative.draft_repo != "lightseekorg/kimi-k2.5-eagle3-mla" and ckpt.repo == "moonshotai/Kimi-K2.5":
+            notes.append(
+                f"EAGLE3 draft {speculative.draft_repo}: lightseekorg/kimi-k2.5-eagle3-mla keeps its draft KV in "
+                "K2.5's MLA layout (SGLang's and vLLM's current K2.5 recipes)"
+            )
     served = spec.model.served_model_name or ckpt.served_name
     startup = max(
         MIN_STARTUP_SECONDS,
@@ -253,20 +521,28 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         repo=ckpt.repo,
         revision=spec.model.revision,
         served_model_name=served,
-        image=eng.image or ckpt.engine_image,
+        image=eng.image or catalog.ENGINE_IMAGES.get(acc.vendor, ckpt.engine_image),
         accelerator=acc.key,
         vendor=acc.vendor,
         gpu_resource_name=topo.gpu_resource_name or acc.resource_name,
+        gpu_product_label_key=acc.product_label_key,
         gpu_product_label=acc.product_label,
         gpus_per_node=topo.gpus_per_node,
         nodes_per_replica=chosen.nodes,
         gpus_per_replica=chosen.gpus,
         tp=chosen.tp,
+        pp=chosen.pp,
         ep=chosen.ep,
         dp=chosen.dp,
         data_parallel_attention=chosen.dp > 1,
+        rdma=rdma,
         context_length=context,
-        mem_fraction_static_percent=percent,
+        mem_fraction_static=chosen.mem_fraction_static,
+        mem_fraction_source=chosen.mem_fraction_source,
+        chunked_prefill_size=chosen.chunked_prefill_size,
+        max_running_requests=max_running,
+        language_model_only=eng.language_model_only,
+        dist_timeout_seconds=DIST_TIMEOUT_SECONDS if chosen.nodes > 1 else None,
         kv_cache_dtype=kv_dtype,
         kv_bytes_per_token=ckpt.kv_bytes_per_token(element_bytes),
         weights_bytes=ckpt.weights_bytes,
@@ -281,6 +557,23 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     )
 
 
+def engine_requests(plan: Plan, node_allocatable: tuple[int, int] | None) -> tuple[int, int]:
+    """(CPU cores, memory GiB) one engine pod requests when engine.resources does not say.
+
+    The published per-GPU share (catalog.HOST_*_PER_GPU) for the pod's GPUs, capped at 80% of the smallest
+    matching node's share for those GPUs (`node_allocatable` = (millicores, bytes) of that node, None when the
+    operator cannot see nodes), and at least 1 core and 1 GiB.
+    """
+    cpu = catalog.HOST_CPU_PER_GPU * plan.gpus_per_pod
+    mem = catalog.HOST_MEMORY_GIB_PER_GPU * plan.gpus_per_pod
+    if node_allocatable is not None:
+        millicores, memory_bytes = node_allocatable
+        share = plan.gpus_per_pod / plan.gpus_per_node * 0.8
+        cpu = min(cpu, int(millicores / 1000 * share))
+        mem = min(mem, int(memory_bytes / catalog.GIB * share))
+    return max(cpu, 1), max(mem, 1)
+
+
 def _does_not_fit(
     ckpt: catalog.Checkpoint,
     acc: catalog.Accelerator,
@@ -289,7 +582,7 @@ def _does_not_fit(
     opts: _Options,
 ) -> str:
     """The refusal: why the layout does not fit, then every change that would make it fit."""
-    first = candidates[0]
+    first = next((c for c in candidates if c.gpus >= topo.gpus_per_node), candidates[0])
     fixed = topo.nodes_per_replica
     advice: list[str] = []
     if fixed:
@@ -308,7 +601,7 @@ def _does_not_fit(
     ]
     if fitting:
         advice.append(f"accelerator {' or '.join(fitting[:2])}")
-    if first.kv_budget_bytes_per_gpu > 0:
+    if first.kv_budget_bytes_per_gpu > 0 and not first.why_not.startswith("attention"):
         if opts.kv_element_bytes > 1:
             advice.append("engine.kvCacheDtype: fp8_e4m3 (halves the KV cache per token)")
         advice.append(f"a shorter engine.contextLength (now {opts.context_length})")

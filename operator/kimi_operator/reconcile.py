@@ -82,6 +82,7 @@ class Observed:
     resolve_error: str = ""
     completed_on_claim: frozenset[str] = frozenset()  # repo@commit keys other KimiDeployments completed here
     volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
+    node_allocatable: tuple[int, int] | None = None  # (millicores, bytes) of the smallest matching node, if known
 
 
 def is_subset(desired: Any, observed: Any) -> bool:
@@ -280,8 +281,10 @@ def _plan_status(p: Plan) -> dict[str, Any]:
         "nodesPerReplica": p.nodes_per_replica,
         "gpusPerReplica": p.gpus_per_replica,
         "tp": p.tp,
+        "pp": p.pp,
         "ep": p.ep,
         "dp": p.dp,
+        "memFractionStatic": f"{p.mem_fraction_static:.3f}",
         "contextLength": p.context_length,
         "kvCacheTokens": p.kv_cache_tokens,
         "maxFullContextSequences": p.max_full_context_sequences,
@@ -403,10 +406,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     if commit is None and rec is not None and COMMIT_RE.match(rec.commit):
         commit = rec.commit  # the fetcher resolved it (e.g. the operator cannot reach the Hub)
     job_key = f"{p.repo}@{spec.model.revision}"
-    if commit:
-        p = p.model_copy(update={"revision": commit})
-    if config.engine_image and not spec.engine.image:
-        p = p.model_copy(update={"image": config.engine_image})
+    p = render.pin(p, spec, config, commit=commit)
     key = render.weights_key(p)
     job = observed.children.get(("Job", names.job))
     weights = _weights(old_status.get("weights") or {}, job, key, job_key, names.pvc, observed, rec, now)
@@ -418,7 +418,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     draft = spec.engine.speculative.draft_repo if spec.engine.speculative is not None else None
     draft_commit = (pinned_draft_commit(old_status, draft) or observed.draft_commit) if draft else None
     if draft_commit:
-        p = p.model_copy(update={"draft_commit": draft_commit})
+        p = render.pin(p, spec, config, draft_commit=draft_commit)
     elif draft and weights.ready:
         weights = _Weights(
             False,
@@ -428,7 +428,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         )
     scaler = old_status.get("autoscaler") or {}
     replicas = spec.effective_replicas(scaler.get("desiredReplicas"))
-    ctx = render.context(owner, spec, p, config, replicas=replicas)
+    ctx = render.context(owner, spec, p, config, replicas=replicas, node_allocatable=observed.node_allocatable)
     ctx["weights_key"] = job_key
     desired: list[Manifest] = []
     if not spec.weights.existing_claim_name:

@@ -12,7 +12,7 @@ import yaml
 from kimi_operator.api.models import GROUP, KIND, VERSION, KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
-from kimi_operator.planner import Plan
+from kimi_operator.planner import Plan, engine_requests
 
 Manifest = dict[str, Any]
 
@@ -95,6 +95,30 @@ def children_selector(owner_name: str) -> str:
     return f"{INSTANCE_LABEL}={owner_name},{MANAGED_BY_LABEL}={MANAGED_BY}"
 
 
+def pin(
+    plan: Plan,
+    spec: KimiDeploymentSpec,
+    config: OperatorConfig,
+    *,
+    commit: str | None = None,
+    draft_commit: str | None = None,
+) -> Plan:
+    """The plan the operator applies: the resolved commit(s) and the operator's engine-image override in place.
+
+    One function for the operator (reconcile), `kimi-operator render` and the golden/contract tests, so what
+    `render` prints is what the operator applies.
+    """
+    update: dict[str, Any] = {}
+    if commit:
+        update["revision"] = commit
+    if draft_commit:
+        update["draft_commit"] = draft_commit
+    override = config.engine_image_rocm if plan.vendor == "amd" else config.engine_image
+    if override and not spec.engine.image:
+        update["image"] = override
+    return plan.model_copy(update=update) if update else plan
+
+
 def weights_key(plan: Plan) -> str:
     """Identity of a downloaded snapshot (repo@commit once resolved)."""
     return f"{plan.repo}@{plan.revision}"
@@ -120,11 +144,18 @@ def _render(template: str, ctx: dict[str, Any]) -> Manifest:
     return out
 
 
-def _resources(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, Any]:
+def _resources(plan: Plan, spec: KimiDeploymentSpec, node_allocatable: tuple[int, int] | None) -> dict[str, Any]:
+    """GPUs from the plan; CPU and memory requests sized from the node unless engine.resources sets them (an engine
+    pod without them is best-effort: first to be evicted under node pressure)."""
     extra = spec.engine.resources or {}
     requests = dict(extra.get("requests", {}))
     limits = dict(extra.get("limits", {}))
-    gpus = str(plan.gpus_per_node)
+    cpu, memory_gib = engine_requests(plan, node_allocatable)
+    if "cpu" not in requests and "cpu" not in limits:
+        requests["cpu"] = str(cpu)
+    if "memory" not in requests and "memory" not in limits:
+        requests["memory"] = f"{memory_gib}Gi"
+    gpus = str(plan.gpus_per_pod)
     requests[plan.gpu_resource_name] = gpus
     limits[plan.gpu_resource_name] = gpus
     rdma = spec.topology.network.rdma_resource
@@ -136,16 +167,22 @@ def _resources(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, Any]:
 
 def _node_selector(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, str]:
     sel = dict(spec.topology.node_selector)
-    key = "nvidia.com/gpu.product" if plan.vendor == "nvidia" else "amd.com/gpu.product-name"
-    if not any(k == key for k in sel):
-        sel[key] = plan.gpu_product_label
+    if plan.gpu_product_label_key not in sel:
+        sel[plan.gpu_product_label_key] = plan.gpu_product_label
     return sel
 
 
 def context(
-    owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig, *, replicas: int | None = None
+    owner: Owner,
+    spec: KimiDeploymentSpec,
+    plan: Plan,
+    config: OperatorConfig,
+    *,
+    replicas: int | None = None,
+    node_allocatable: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Everything the templates read. `replicas` is the autoscaler's count when it is on, else spec.replicas."""
+    """Everything the templates read. `replicas` is the autoscaler's count when it is on, else spec.replicas;
+    `node_allocatable` is (millicores, bytes) of the smallest node that matches the plan, when known."""
     n = names(owner.name, spec)
     ctx: dict[str, Any] = {
         "replicas": spec.replicas if replicas is None else replicas,
@@ -181,7 +218,9 @@ def context(
         "env": sglang.env(plan, spec),
         "probes": sglang.probes(plan),
         "lifecycle": sglang.lifecycle(),
-        "resources": _resources(plan, spec),
+        "resources": _resources(plan, spec, node_allocatable),
+        "kernel_cache_mount": sglang.KERNEL_CACHE_MOUNT,
+        "kernel_cache_subpath": sglang.kernel_cache_subpath(plan.image),
         "node_selector": _node_selector(plan, spec),
         "tolerations": [t.wire() for t in spec.topology.tolerations],
         "termination_grace": sglang.TERMINATION_GRACE_SECONDS,

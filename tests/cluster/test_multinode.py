@@ -51,13 +51,14 @@ def test_a_two_node_replica_forms_with_lws_env_from_the_webhook(env: Env) -> Non
         assert e["LWS_LEADER_ADDRESS"].startswith("duo-0.")
         cmd = container(pod["spec"])["command"]
         assert flag(cmd, "--nnodes") == "$(LWS_GROUP_SIZE)" and flag(cmd, "--node-rank") == "$(LWS_WORKER_INDEX)"
-        assert flag(cmd, "--tp-size") == "16" and flag(cmd, "--ep-size") == "16"
+        assert flag(cmd, "--tp-size") == "8" and flag(cmd, "--pp-size") == "2"  # no RDMA: one stage per node
+        assert flag(cmd, "--dist-timeout") == "3600"
     assert "readinessProbe" in container(leader["spec"])
     assert "readinessProbe" not in container(worker["spec"]) and "ports" not in container(worker["spec"])
     svc = env.read("Service", "duo")
     assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "server"  # only leaders serve HTTP
     status = env.get("duo")["status"]
-    assert status["plan"]["summary"] == "2x8 H200 TP16 EP16" and status["ready"] == "1/1"
+    assert status["plan"]["summary"] == "2x8 H200 TP8 PP2" and status["ready"] == "1/1"
 
 
 def test_deleting_the_worker_recreates_the_whole_group(env: Env) -> None:

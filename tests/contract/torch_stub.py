@@ -40,8 +40,8 @@ from typing import Any
 
 # The versions sglang 0.5.23 pins (torch==2.14.1) and torch 2.14.1 pins (triton~=3.8.0). sglang reads
 # `torch.__version__` at import time (`pkg_version.parse(torch.__version__)`).
-STUB_VERSIONS = {"torch": "2.14.1+cpu", "triton": "3.8.0"}
-STUBBED_TOP_LEVEL = tuple(STUB_VERSIONS)
+STUB_VERSIONS = {"torch": "2.14.1+cpu", "triton": "3.8.0", "torchvision": "0.29.1+cpu", "torchaudio": "2.11.0+cpu"}
+STUBBED_TOP_LEVEL = (*STUB_VERSIONS, "tvm_ffi", "compressed_tensors")
 
 
 class Stub:
@@ -149,6 +149,8 @@ _ATTRIBUTES: dict[str, dict[str, object]] = {
     "torch.mps": {"is_available": _const(False)},
     "torch.cpu": {"is_available": _const(True), "_is_amx_tile_supported": _const(False)},
     "triton": {"__version__": STUB_VERSIONS["triton"]},
+    "torchvision": {"__version__": STUB_VERSIONS["torchvision"]},
+    "torchaudio": {"__version__": STUB_VERSIONS["torchaudio"]},
 }
 # Imported eagerly so the probe answers above are in place before sglang asks.
 _EAGER_SUBMODULES = ("torch.version", "torch.cuda", "torch.xpu", "torch.mps", "torch.cpu")

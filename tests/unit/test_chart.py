@@ -256,7 +256,9 @@ def test_rbac_has_no_wildcards_and_grants_exactly_what_the_operator_uses(helm: P
     assert not {v for g, res, v in granted if res == "kimideployments"} & writes, "the operator never edits a spec"
     assert {v for g, res, v in granted if res == "pods"} == {"get", "list", "watch"}
     assert {v for g, res, v in granted if res == "events"} == {"create", "list"}  # list: the PVC's events
-    assert not any(res in {"secrets", "configmaps", "nodes"} for _, res, _ in granted)
+    assert not any(res in {"secrets", "configmaps"} for _, res, _ in granted)
+    # Engine pods' CPU/memory requests are sized from the smallest node with the planned GPUs: read-only, list only.
+    assert {(g, v) for g, res, v in granted if res == "nodes"} == {("", "list")}
     peering = "kopfpeerings" if mode == "namespaced" else "clusterkopfpeerings"
     assert {v for g, res, v in granted if res == peering} == {"get", "list", "watch", "patch"}
     named = [r for r in rules if r.get("resourceNames")]
@@ -264,7 +266,7 @@ def test_rbac_has_no_wildcards_and_grants_exactly_what_the_operator_uses(helm: P
     if mode == "namespaced":
         (cluster_role,) = kinds["ClusterRole"]
         cluster_resources = {res for r in cluster_role["rules"] for res in r["resources"]}
-        assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+        assert cluster_resources == {"customresourcedefinitions", "namespaces", "nodes"}
         assert {r["metadata"]["namespace"] for r in kinds["Role"]} == {"team-a"}
         assert {p["metadata"]["namespace"] for p in kinds["KopfPeering"]} == {"team-a"}
 

@@ -37,8 +37,9 @@ def test_each_owned_flag_appears_at_most_once() -> None:
 
 def test_dp_attention_reports_metrics_from_every_scheduler() -> None:
     args = _args(engine={"dataParallelAttention": True})
-    assert _value(args, "--dp-size") == "8"
+    assert "--dp-size" not in args, "0.5.23 refuses --dp-size N with --attn-dp-size N (whole extra model copies)"
     assert _value(args, "--attn-dp-size") == "8"
+    assert _value(args, "--chunked-prefill-size") == "32768"
     assert "--enable-metrics-for-all-schedulers" in args
 
 
@@ -49,15 +50,29 @@ def test_extra_args_come_last_verbatim() -> None:
     ]
 
 
-def test_eagle3_draft_and_spec_v2_env() -> None:
-    spec = KimiDeploymentSpec.model_validate(
-        {"engine": {"speculative": {"draftRepo": "lightseekorg/kimi-k2.5-eagle3"}}}
-    )
+def test_eagle3_defaults_to_the_mla_draft_caps_requests_and_sets_no_unread_env() -> None:
+    spec = KimiDeploymentSpec.model_validate({"engine": {"speculative": {}}})
     p = planner.plan(spec)
     args = sglang.server_args(p, spec)
     assert _value(args, "--speculative-algorithm") == "EAGLE3"
-    assert _value(args, "--speculative-draft-model-path") == "/models/lightseekorg/kimi-k2.5-eagle3/main"
-    assert {"name": "SGLANG_ENABLE_SPEC_V2", "value": "1"} in sglang.env(p, spec)
+    assert _value(args, "--speculative-draft-model-path") == "/models/lightseekorg/kimi-k2.5-eagle3-mla/main"
+    assert _value(args, "--max-running-requests") == "48"
+    names = {e["name"] for e in sglang.env(p, spec)}
+    assert "SGLANG_ENABLE_SPEC_V2" not in names  # read nowhere in the 0.5.23 wheel
+
+
+def test_multi_node_sets_a_rendezvous_timeout_and_pipeline_stages() -> None:
+    spec = KimiDeploymentSpec.model_validate({"topology": {"accelerator": "H100"}})
+    args = sglang.server_args(planner.plan(spec), spec, multi_node=True)
+    assert _value(args, "--pp-size") == "2"
+    assert _value(args, "--dist-timeout") == "3600"
+
+
+def test_kernel_cache_lives_on_the_weights_volume_per_image() -> None:
+    spec = KimiDeploymentSpec()
+    p = planner.plan(spec)
+    assert {"name": "SGLANG_CACHE_DIR", "value": "/cache/sglang"} in sglang.env(p, spec)
+    assert sglang.kernel_cache_subpath("lmsysorg/sglang:v0.5.23") == ".kernel-cache/lmsysorg_sglang_v0.5.23"
 
 
 def test_probes_outlast_sglang_health_timeout_and_startup_covers_the_load_budget() -> None:

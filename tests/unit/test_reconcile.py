@@ -373,7 +373,7 @@ def test_h100_runs_as_a_two_node_leaderworkerset() -> None:
     _lws_ready(s, 1)
     s.step()
     assert _cond(s, "Ready")["status"] == "True"
-    assert s.body["status"]["plan"]["summary"] == "2x8 H100 TP16 EP16"
+    assert s.body["status"]["plan"]["summary"] == "2x8 H100 TP8 PP2"  # no RDMA: one pipeline stage per node
     assert s.step().writes == 0
 
 

@@ -26,10 +26,17 @@ def _docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "KimiDeployment"]
 
 
+# What the operator pins once it resolved model.revision (and the draft's main branch) through the Hub: the golden
+# files show exactly what it applies (`kimi-operator render --commit ... --draft-commit ...` prints the same).
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DRAFT_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
 def _render(doc: dict[str, Any], *, weights_ready: bool) -> list[dict[str, Any]]:
     spec = KimiDeploymentSpec.model_validate(doc["spec"])
     owner = render.Owner(doc["metadata"]["name"], "demo", "00000000-0000-0000-0000-000000000000")
-    return render.render_all(owner, spec, planner.plan(spec), CONFIG, weights_ready=weights_ready)
+    p = render.pin(planner.plan(spec), spec, CONFIG, commit=COMMIT, draft_commit=DRAFT_COMMIT)
+    return render.render_all(owner, spec, p, CONFIG, weights_ready=weights_ready)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
@@ -71,8 +78,12 @@ def test_serving_pod_mounts_weights_read_only_and_runs_offline() -> None:
     dep = _by_kind(_render(_doc(), weights_ready=True))["Deployment"][0]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    weights = next(v for v in c["volumeMounts"] if v["name"] == "weights")
-    assert weights["readOnly"] is True and weights["mountPath"] == "/models"
+    weights = next(v for v in c["volumeMounts"] if v["mountPath"] == "/models")
+    assert weights["readOnly"] is True and weights["name"] == "weights" and "subPath" not in weights
+    cache = next(v for v in c["volumeMounts"] if v["mountPath"] == "/cache/sglang")
+    assert cache["name"] == "weights" and cache["subPath"].startswith(".kernel-cache/") and not cache.get("readOnly")
+    assert f"/models/moonshotai/Kimi-K2.5/{COMMIT}" in c["command"]
+    assert c["resources"]["requests"]["cpu"] == "40" and c["resources"]["requests"]["memory"] == "640Gi"
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"]
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
@@ -93,7 +104,7 @@ def test_existing_claim_is_used_and_not_created() -> None:
     vols = ms["Deployment"][0]["spec"]["template"]["spec"]["volumes"]
     assert {
         "name": "weights",
-        "persistentVolumeClaim": {"claimName": "shared-cache", "readOnly": True},
+        "persistentVolumeClaim": {"claimName": "shared-cache"},
     } in vols
 
 

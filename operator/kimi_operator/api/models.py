@@ -58,6 +58,10 @@ OWNED_FLAGS: tuple[str, ...] = (
     "--speculative-num-steps",
     "--speculative-eagle-topk",
     "--speculative-num-draft-tokens",
+    "--pp-size",
+    "--pipeline-parallel-size",
+    "--dist-timeout",
+    "--language-model-only",
 )
 
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
@@ -176,12 +180,22 @@ class TopologySpec(ApiModel):
         max_length=32,
         description="Catalog key of the GPU (H100, H200, H20, B200, B300, MI300X, MI325X); sets memory per GPU.",
     )
-    gpus_per_node: int = Field(default=8, ge=1, le=16, description="GPUs per node; one pod uses all of them.")
+    gpus_per_node: int = Field(
+        default=8, ge=1, le=16, description="GPUs per node; an engine pod uses all of them unless gpusPerReplica says."
+    )
     nodes_per_replica: int = Field(
         default=0,
         ge=0,
         le=8,
         description="Nodes per replica. 0 lets the planner choose the smallest that fits.",
+    )
+    gpus_per_replica: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="GPUs of one single-node replica when fewer than gpusPerNode (several replicas share a node, "
+        "e.g. 4 on MI300X). 0 lets the planner choose: a published sub-node layout where the catalog has one, "
+        "else whole nodes.",
     )
     gpu_resource_name: str = Field(
         default="",
@@ -210,10 +224,22 @@ class TopologySpec(ApiModel):
 class SpeculativeSpec(ApiModel):
     """EAGLE3 speculative decoding with a separate draft model (K2.5 has no MTP head)."""
 
-    draft_repo: str = Field(pattern=_HF_REPO, max_length=200, description="Draft model repo.")
+    draft_repo: str = Field(
+        default="lightseekorg/kimi-k2.5-eagle3-mla",
+        pattern=_HF_REPO,
+        max_length=200,
+        description="Draft model repo. Default: the K2.5 EAGLE3 draft with an MLA draft KV cache.",
+    )
     num_steps: int = Field(default=3, ge=1, le=16)
     topk: int = Field(default=1, ge=1, le=16)
     num_draft_tokens: int = Field(default=4, ge=1, le=64)
+    max_running_requests: int = Field(
+        default=48,
+        ge=1,
+        le=4096,
+        description="Concurrent requests per replica (--max-running-requests). SGLang caps speculative decoding at "
+        "48 when unset; the operator always passes the value so the cap is visible.",
+    )
 
 
 class EnvVar(ApiModel):
@@ -238,7 +264,8 @@ class EngineSpec(ApiModel):
         default=None,
         ge=50,
         le=95,
-        description="Percent of GPU memory for weights + KV cache (SGLang --mem-fraction-static). Default 85.",
+        description="Percent of GPU memory for weights + KV cache (SGLang --mem-fraction-static). Default: per "
+        "layout, SGLang's own computed default or a published recipe's value (kimi-operator plan shows which).",
     )
     kv_cache_dtype: Literal["auto", "fp8_e4m3", "fp8_e5m2", "bf16"] = Field(
         default="auto", description="KV cache element type; fp8 halves KV memory."
@@ -249,7 +276,17 @@ class EngineSpec(ApiModel):
     )
     expert_parallel: bool | None = Field(
         default=None,
-        description="Shard experts across GPUs (--ep-size = TP). Default: on for multi-node replicas, off for one.",
+        description="Shard experts across GPUs (--ep-size = TP). Default: on for multi-node tensor-parallel "
+        "replicas, off otherwise.",
+    )
+    pipeline_parallel: bool | None = Field(
+        default=None,
+        description="Multi-node only: one pipeline stage per node (TP within a node, --pp-size = nodes) instead of "
+        "TP across nodes. Default: on without RDMA (topology.network.rdmaResource unset), off with it.",
+    )
+    language_model_only: bool = Field(
+        default=False,
+        description="Text-only serving (--language-model-only): skip the vision tower and use its memory for KV cache.",
     )
     speculative: SpeculativeSpec | None = None
     extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
@@ -421,8 +458,10 @@ class PlanStatus(ApiModel):
     nodes_per_replica: int | None = None
     gpus_per_replica: int | None = None
     tp: int | None = None
+    pp: int | None = None
     ep: int | None = None
     dp: int | None = None
+    mem_fraction_static: str | None = Field(default=None, description="--mem-fraction-static, e.g. 0.806.")
     context_length: int | None = None
     kv_cache_tokens: int | None = None
     max_full_context_sequences: int | None = None

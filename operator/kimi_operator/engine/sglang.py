@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from kimi_operator.api.models import KimiDeploymentSpec
@@ -16,6 +17,9 @@ from kimi_operator.planner import Plan
 HTTP_PORT = 8000
 DIST_INIT_PORT = 20000
 MODELS_MOUNT = "/models"
+KERNEL_CACHE_MOUNT = "/cache/sglang"
+# The kernel cache's directory on the weights volume, per engine image (kernels are built for one SGLang build).
+KERNEL_CACHE_ROOT = ".kernel-cache"
 # SGLang's /health runs a one-token generation with an internal 20 s timeout (SGLANG_HEALTH_CHECK_TIMEOUT):
 # a probe timeout must exceed it or a busy but healthy server is marked down.
 HEALTH_TIMEOUT_SECONDS = 30
@@ -32,6 +36,15 @@ def snapshot_path(repo: str, commit: str) -> str:
     return f"{MODELS_MOUNT}/{repo}/{commit}"
 
 
+def kernel_cache_subpath(image: str) -> str:
+    """subPath of the weights volume holding this image's compiled-kernel cache (`.kernel-cache/<image>`).
+
+    A leading dot keeps it apart from the /models/<owner>/<repo>/<commit> snapshots: no Hub owner starts with one.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", image).strip("._") or "default"
+    return f"{KERNEL_CACHE_ROOT}/{safe}"
+
+
 def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = False) -> list[str]:
     """The `python3 -m sglang.launch_server` arguments for one replica (the leader's, when multi-node)."""
     args = [
@@ -42,11 +55,14 @@ def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = Fals
         "--tp-size",
         str(plan.tp),
     ]
+    if plan.pp > 1:
+        args += ["--pp-size", str(plan.pp)]
     if plan.ep > 1:
         args += ["--ep-size", str(plan.ep)]
     if plan.data_parallel_attention:
-        # 0.5.23 deprecates --enable-dp-attention in favour of --attn-dp-size <dp-size>.
-        args += ["--dp-size", str(plan.dp), "--attn-dp-size", str(plan.dp)]
+        # Attention DP inside one replica. In 0.5.23 --dp-size means whole extra model copies, and
+        # --dp-size N --attn-dp-size N is refused at launch (parallel_hook.handle_data_parallelism).
+        args += ["--attn-dp-size", str(plan.dp)]
     args += [
         "--trust-remote-code",
         "--tool-call-parser",
@@ -61,15 +77,20 @@ def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = Fals
         "--context-length",
         str(plan.context_length),
         "--mem-fraction-static",
-        f"{plan.mem_fraction_static_percent / 100:.2f}",
+        f"{plan.mem_fraction_static:.3f}",
         "--model-loader-extra-config",
         json.dumps({"enable_multithread_load": True, "num_threads": LOADER_THREADS}, separators=(",", ":")),
     ]
+    if plan.chunked_prefill_size is not None:
+        # Divided by the attention-DP size at launch: this keeps a useful chunk per rank.
+        args += ["--chunked-prefill-size", str(plan.chunked_prefill_size)]
     if plan.data_parallel_attention:
         # Only TP rank 0 reports metrics by default; the autoscaler sums queue depth over every DP rank.
         args.append("--enable-metrics-for-all-schedulers")
     if plan.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", plan.kv_cache_dtype]
+    if plan.language_model_only:
+        args.append("--language-model-only")
     spec_dec = spec.engine.speculative
     if spec_dec is not None:
         args += [
@@ -84,6 +105,8 @@ def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = Fals
             "--speculative-num-draft-tokens",
             str(spec_dec.num_draft_tokens),
         ]
+        if plan.max_running_requests is not None:
+            args += ["--max-running-requests", str(plan.max_running_requests)]
     if multi_node:
         args += [
             "--dist-init-addr",
@@ -93,6 +116,8 @@ def server_args(plan: Plan, spec: KimiDeploymentSpec, *, multi_node: bool = Fals
             "--node-rank",
             "$(LWS_WORKER_INDEX)",
         ]
+        if plan.dist_timeout_seconds is not None:
+            args += ["--dist-timeout", str(plan.dist_timeout_seconds)]
     return args + list(spec.engine.extra_args)
 
 
@@ -107,11 +132,15 @@ def env(plan: Plan, spec: KimiDeploymentSpec) -> list[dict[str, Any]]:
         {"name": "HF_HOME", "value": "/tmp/hf-home"},
         {"name": "HF_MODULES_CACHE", "value": "/tmp/hf-modules"},
         {"name": "SGLANG_HEALTH_CHECK_TIMEOUT", "value": "20"},
+        # Compiled kernels (DeepGEMM, Triton, Inductor, FlashInfer) on the weights volume, so a restarted or
+        # rescheduled pod does not JIT them again (minutes on K2.5).
+        {"name": "SGLANG_CACHE_DIR", "value": KERNEL_CACHE_MOUNT},
     ]
-    if spec.engine.speculative is not None:
-        out.append({"name": "SGLANG_ENABLE_SPEC_V2", "value": "1"})
     if plan.vendor == "amd":
         out.append({"name": "SGLANG_USE_AITER", "value": "1"})
+        # With AITER attention above 8K context SGLang multiplies an explicit --mem-fraction-static by 0.85
+        # (attention_hook) unless told to honour it: the fraction passed is then the one the plan's KV numbers use.
+        out.append({"name": "SGLANG_AITER_HONOR_EXPLICIT_MEM_FRACTION", "value": "1"})
     owned = {e["name"] for e in out}
     out += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in owned]
     return out
