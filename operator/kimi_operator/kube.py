@@ -165,7 +165,8 @@ class Kube:
         """The last ``lines`` lines of a container's log (pods/log get), at most ``limit_bytes``. Needs a kubelet:
         raises KubeError when the pod's node serves no logs (e.g. a simulated node) or the pod is gone."""
         query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(limit_bytes))]
-        return self._request("GET", PODS.path(namespace, name) + "/log", query=query, accept="text/plain", timeout=10)
+        # the API server answers 406 to Accept: text/plain on this subresource (kubectl sends */* too)
+        return self._request("GET", PODS.path(namespace, name) + "/log", query=query, accept="*/*", timeout=10)
 
     def list_nodes(self, selector: str) -> list[Manifest]:
         """Nodes with these labels (cluster-scoped; needs nodes list, which the namespaced chart does not grant)."""
