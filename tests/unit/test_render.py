@@ -145,7 +145,9 @@ def test_fetch_pod_has_no_api_credentials_and_runs_as_the_image_user() -> None:
     assert {e["name"] for e in c["env"]} == {"HF_HUB_DISABLE_TELEMETRY", "HF_HOME", "POD_NAME"}
     assert "tolerations" not in pod and "nodeSelector" not in pod
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules == [{"action": "FailJob", "onExitCodes": {"containerName": "fetch", "operator": "In", "values": [2, 3]}}]
+    assert rules == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "fetch", "operator": "In", "values": [2, 3]}}
+    ]
 
 
 def test_fetch_pod_tolerates_what_the_engine_tolerates() -> None:
