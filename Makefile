@@ -34,9 +34,13 @@ images: venv ## Build (once, cached by input hash) the operator image from its D
 $(ACTIONLINT):
 	GOBIN=$(dir $@) CGO_ENABLED=0 go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
+.PHONY: node-deps
+node-deps: ## Install (once, as root, from Debian) what the real node runs: containerd, runc, CNI plugins, iptables
+	bash hack/node/install.sh
+
 .PHONY: cluster-up
-cluster-up: venv bins ## Start a local control plane with simulated 8-GPU nodes; prints its kubeconfig
-	$(PY) -m kimi_testbed.cluster up --name $(CLUSTER)
+cluster-up: venv bins node-deps ## Start a local control plane: simulated 8-GPU kwok nodes and one real node
+	$(PY) -m kimi_testbed.cluster up --name $(CLUSTER) --real-node
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane started by cluster-up
@@ -84,11 +88,11 @@ test-images: venv ## The built images' configs and files against their Dockerfil
 	$(PY) -m pytest -q tests/images
 
 .PHONY: test-cluster
-test-cluster: venv bins ## Tests against the local control plane (started and stopped by the session)
+test-cluster: venv bins node-deps ## Tests against the local control plane (started and stopped by the session)
 	$(PY) -m pytest -q tests/cluster
 
 .PHONY: test
-test: venv bins ## All tests: unit, contract, cluster
+test: venv bins node-deps ## All tests: unit, contract, cluster
 	$(PY) -m pytest -q tests
 
 .PHONY: check

@@ -378,6 +378,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"control plane RSS {peak:.0f} MiB; nodes {st.get('pools')}, pod IPs {st.get('pod_ip_range')}",
         file=sys.stderr,
     )
+    node = cl.real_node
+    if node:
+        print(
+            f"  real node {node['node']} at {node['node_ip']} (pods {node['pod_cidr']}): put pods there with "
+            f"nodeSelector {realnode.NODE_KIND_LABEL}=real and a toleration for that taint; images: "
+            f"{', '.join(node.get('images') or []) or 'none'}",
+            file=sys.stderr,
+        )
     print(f"  export KUBECONFIG={cl.kubeconfig}", file=sys.stderr)
     print(f"  stop with: make cluster-down CLUSTER={args.name}", file=sys.stderr)
     print(cl.kubeconfig)

@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
 from kimi_operator import __version__, planner, render
+from kimi_operator.api import rules
 from kimi_operator.api.models import GROUP, KIND, KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
@@ -20,20 +22,67 @@ from kimi_operator.weights import COMMIT_RE
 OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
 
 
+class InputError(Exception):
+    """Input the offline commands cannot use; printed as one line per problem, exit 2."""
+
+
 def _load(path: str) -> list[dict[str, Any]]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") == KIND]
+    """The KimiDeployments in a file (or - for stdin), with their metadata checked as the API server would."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read it: {err.strerror or err}") from err
+    try:
+        loaded = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"{path}: not valid YAML{where}: {problem}") from err
+    docs = [d for d in loaded if isinstance(d, dict) and d.get("kind") == KIND]
     if not docs:
-        raise SystemExit(f"{path}: no {KIND} found")
+        raise InputError(f"{path}: no {KIND} found (a document with kind: {KIND})")
+    problems = []
+    for i, doc in enumerate(docs):
+        meta = doc.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not name:
+            problems.append(f"{path}: {KIND} #{i + 1}: metadata.name is missing")
+            continue
+        why = rules.name_problem(name)
+        if why:
+            problems.append(f"{KIND} {name}: {why}")
+    if problems:
+        raise InputError("\n".join(problems))
     return docs
 
 
+def _field(loc: tuple[int | str, ...]) -> str:
+    out = "spec"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{to_camel(part) if '_' in part else part}"
+    return out
+
+
+def validation_lines(name: str, err: ValidationError) -> list[str]:
+    """One line per problem: `KimiDeployment NAME: spec.path: what is wrong` (no pydantic dump, no link)."""
+    lines = []
+    for e in err.errors(include_url=False):
+        message = str(e["msg"]).removeprefix("Value error, ")
+        loc = tuple(p for p in e["loc"] if p not in ("function-after[_cross_field_rules()]",))
+        lines += [f"{KIND} {name}: {_field(loc)}: {line}" for line in message.splitlines() if line.strip()]
+    return lines
+
+
 def _spec(doc: dict[str, Any]) -> KimiDeploymentSpec:
+    name = doc["metadata"]["name"]
+    spec = doc.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise InputError(f"{KIND} {name}: spec must be a mapping, not {type(spec).__name__}")
     try:
-        return KimiDeploymentSpec.model_validate(doc.get("spec") or {})
+        return KimiDeploymentSpec.model_validate(spec or {})
     except ValidationError as err:
-        name = doc.get("metadata", {}).get("name", "?")
-        raise SystemExit(f"{KIND} {name}: invalid spec:\n{err}") from err
+        raise InputError("\n".join(validation_lines(name, err))) from err
 
 
 def _gib(n: int) -> str:
@@ -74,7 +123,7 @@ def plan_table(spec: KimiDeploymentSpec, name: str) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     refused = False
     for doc in _load(args.file):
-        name = doc.get("metadata", {}).get("name", "?")
+        name = doc["metadata"]["name"]
         out = plan_table(_spec(doc), name)
         refused |= "REFUSED" in out.splitlines()[0]
         sys.stdout.write(out)
@@ -205,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("crd", help="print the KimiDeployment CRD")
     c.set_defaults(func=cmd_crd)
     args = parser.parse_args(argv)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except InputError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     return rc
 
 

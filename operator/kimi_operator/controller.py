@@ -8,9 +8,10 @@ reconciled by two workers at once, and a burst of events for one key collapses i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import urllib3
@@ -91,7 +92,7 @@ def _smallest_node(kube: Kube, body: Manifest) -> tuple[int, int] | None:
                 sizes.append((int(quantity.parse(alloc["cpu"]) * 1000), int(quantity.parse(alloc["memory"]))))
             except (KeyError, ValueError):
                 continue
-        size = min(sizes) if sizes else None
+        size = (min(c for c, _ in sizes), min(m for _, m in sizes)) if sizes else None
     except KubeError as err:
         if err.status not in (403, 404):
             raise
@@ -175,6 +176,36 @@ def observe(
     )
 
 
+WRITE_RETRY_SECONDS = 10.0
+# Writes the API server refused, per KimiDeployment: (generation, messages). An edit (new generation) starts fresh.
+_write_failures: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {}
+_write_backoff: dict[tuple[str, str], int] = {}
+
+
+def _write(kube: Kube, namespace: str, actions: reconcile.Actions) -> tuple[str, ...]:
+    """Deletes and applies; the ones the API server refuses are returned as "Kind/name: message", the rest raise
+    (a transient error: the work queue retries the whole reconcile)."""
+    failures: list[str] = []
+
+    def attempt(kind: str, name: str, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except KubeError as err:
+            if not err.refused:
+                raise
+            failures.append(f"{kind}/{name}: {err.server_message}")
+
+    for key in actions.delete:
+        attempt(key[0], key[1], lambda key=key: kube.delete(key[0], namespace, key[1]))  # type: ignore[misc]
+    for manifest in actions.apply:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        if kind == "Job":
+            attempt(kind, name, lambda m=manifest: kube.create(m))  # type: ignore[misc]  # a Job is created once
+        else:
+            attempt(kind, name, lambda m=manifest: kube.apply(m))  # type: ignore[misc]
+    return tuple(failures)
+
+
 def reconcile_one(
     kube: Kube, config: OperatorConfig, namespace: str, name: str, resolver: Resolver | None = None
 ) -> reconcile.Actions | None:
@@ -185,14 +216,29 @@ def reconcile_one(
         return None  # owner references let the garbage collector remove the children
     resolver = resolver or Resolver(config.hf_endpoint or None)
     observed = observe(kube, resolver, namespace, name, body, config.volume_grace_seconds)
+    generation = int(body["metadata"].get("generation") or 0)
+    known = _write_failures.get((namespace, name))
+    if known is not None and known[0] == generation:
+        observed = dataclasses.replace(observed, write_failures=known[1])
     actions = reconcile.decide(observed, config, now_rfc3339())
-    for key in actions.delete:
-        kube.delete(key[0], namespace, key[1])
-    for manifest in actions.apply:
-        if manifest["kind"] == "Job":
-            kube.create(manifest)  # a Job's template is immutable: create it once, never re-apply
+    failures = _write(kube, namespace, actions)
+    if failures != observed.write_failures:
+        # New refusals (or none any more): one Warning Event per new one, and the status says what failed.
+        for failure in failures:
+            if failure not in observed.write_failures:
+                kube.event(body, "Warning", "ApplyFailed", failure)
+        if failures:
+            _write_failures[(namespace, name)] = (generation, failures)
         else:
-            kube.apply(manifest)
+            _write_failures.pop((namespace, name), None)
+        actions = reconcile.decide(dataclasses.replace(observed, write_failures=failures), config, now_rfc3339())
+    if failures:
+        attempt = _write_backoff.get((namespace, name), 0) + 1
+        _write_backoff[(namespace, name)] = attempt
+        actions.requeue_after = min(WRITE_RETRY_SECONDS * 2 ** (attempt - 1), 300.0)
+        actions.explanation.append(f"{len(failures)} write(s) refused; retry in {actions.requeue_after:.0f}s")
+    else:
+        _write_backoff.pop((namespace, name), None)
     if actions.status is not None:
         kube.patch_status(namespace, name, actions.status)
         weights = actions.status.get("weights")

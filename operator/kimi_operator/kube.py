@@ -57,6 +57,22 @@ class KubeError(Exception):
         self.status = status
         self.body = body
 
+    @property
+    def refused(self) -> bool:
+        """The API server refused the request as such (invalid, forbidden, conflicting, not found...): retrying the
+        same write will not help; a person has to change something."""
+        return self.status in (400, 403, 404, 409, 422)
+
+    @property
+    def server_message(self) -> str:
+        """The Status message the API server gave (what `kubectl` prints), else the raw body."""
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return self.body[:500]
+        message = data.get("message") if isinstance(data, dict) else None
+        return str(message) if message else self.body[:500]
+
 
 def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
     """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""

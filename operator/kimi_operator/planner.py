@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
-from kimi_operator import catalog
+from kimi_operator import catalog, quantity
 from kimi_operator.api.models import KimiDeploymentSpec, TopologySpec
+from kimi_operator.engine import flags
 
 MAX_AUTO_NODES = 4
 # Startup budget: a pessimistic weight read of 250 MB/s from network storage (single-threaded K2.5 load was
@@ -372,13 +373,42 @@ def _candidates(
 
 
 def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> None:
-    """Refuse engine options the checkpoint is known not to work with (catalog quirks, with their source)."""
-    joined = " ".join(extra_args)
-    if not ckpt.deepep_supported and "deepep" in joined and "--moe-a2a-backend" in joined:
+    """Refuse engine options the checkpoint is known not to work with (catalog quirks, with their source). Options
+    are matched by the field SGLang's parser maps them to, so `--moe-a2a=deepep` counts too."""
+    backend = (flags.values(extra_args, "moe_a2a_backend") or ["none"])[-1]
+    if not ckpt.deepep_supported and backend == "deepep":
         quirk = ckpt.quirks[0]
         raise PlanError(
             "UnsupportedByCheckpoint",
             f"{ckpt.repo}: {quirk.text} ({quirk.source}); remove --moe-a2a-backend deepep from engine.extraArgs",
+        )
+
+
+def _check_placement_and_volumes(spec: KimiDeploymentSpec, ckpt: catalog.Checkpoint, acc: catalog.Accelerator) -> None:
+    """Refuse what would plan for the wrong GPU, or could never hold the checkpoint."""
+    topo = spec.topology
+    selected = topo.node_selector.get(acc.product_label_key)
+    if selected is not None and selected != acc.product_label:
+        other = next((a for a in catalog.ACCELERATORS.values() if a.product_label == selected), None)
+        if other is not None:
+            raise PlanError(
+                "AcceleratorMismatch",
+                f"topology.nodeSelector {acc.product_label_key}={selected} selects {other.key} nodes but "
+                f"topology.accelerator is {acc.key} (planned for {gib(acc.memory_bytes)} GiB GPUs, these have "
+                f"{gib(other.memory_bytes)} GiB); set accelerator: {other.key}, or drop that nodeSelector entry",
+            )
+    if quantity.parse(topo.network.shm_size) <= 0:
+        raise PlanError(
+            "InvalidSpec",
+            "topology.network.shmSize must be more than 0: NCCL and SGLang's workers exchange data through /dev/shm "
+            "(64Gi is the default and recommended)",
+        )
+    if spec.weights.size is not None and quantity.parse(spec.weights.size) < ckpt.weights_bytes:
+        raise PlanError(
+            "VolumeTooSmall",
+            f"weights.size {spec.weights.size} cannot hold {ckpt.repo} ({ckpt.weights_bytes / catalog.GB:.0f} GB = "
+            f"{ckpt.weights_bytes / catalog.GIB:.0f} GiB); use at least {_volume_size(ckpt.weights_bytes)} "
+            "(the checkpoint plus 15% for partial files during a resume), or remove it for that default",
         )
 
 
@@ -387,24 +417,18 @@ def _volume_size(weights_bytes: int) -> str:
     return f"{math.ceil(weights_bytes * 1.15 / catalog.GIB)}Gi"
 
 
-def _has_flag(extra_args: list[str], flag: str) -> bool:
-    return any(a.strip().split("=", 1)[0].split(" ", 1)[0] == flag for a in extra_args)
+def _has_flag(extra_args: list[str], dest: str) -> bool:
+    return bool(flags.values(extra_args, dest))
 
 
-def _int_flag(extra_args: list[str], flag: str) -> int | None:
-    """The integer value extraArgs give `flag` (`--flag N`, `--flag=N`; the last one wins, as in argparse)."""
-    value: int | None = None
-    for i, arg in enumerate(extra_args):
-        text = arg.strip()
-        raw = text.split("=", 1)[1] if text.startswith(flag + "=") else None
-        if text == flag and i + 1 < len(extra_args):
-            raw = extra_args[i + 1]
-        if raw is not None:
-            try:
-                value = int(raw.strip())
-            except ValueError:
-                continue
-    return value
+def _int_flag(extra_args: list[str], dest: str) -> int | None:
+    """The integer extraArgs give a ServerArgs field (the last, as in argparse), if any."""
+    for raw in reversed(flags.values(extra_args, dest)):
+        try:
+            return int(raw)
+        except ValueError:
+            continue
+    return None
 
 
 def plan(spec: KimiDeploymentSpec) -> Plan:
@@ -426,6 +450,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     eng = spec.engine
     notes: list[str] = []
     _check_engine_quirks(ckpt, eng.extra_args)
+    _check_placement_and_volumes(spec, ckpt, acc)
     context = eng.context_length or ckpt.max_context
     if context > ckpt.max_context:
         raise PlanError(
@@ -454,7 +479,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     speculative = eng.speculative
     max_running = (
         None
-        if speculative is None or _has_flag(eng.extra_args, "--max-running-requests")
+        if speculative is None or _has_flag(eng.extra_args, "max_running_requests")
         else speculative.max_running_requests
     )
     rdma = bool(topo.network.rdma_resource)
@@ -469,9 +494,9 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         speculative=speculative is not None,
         max_running_requests=max_running,
         language_model_only=eng.language_model_only or not ckpt.vision,
-        user_chunk=_has_flag(eng.extra_args, "--chunked-prefill-size"),
-        user_chunk_size=_int_flag(eng.extra_args, "--chunked-prefill-size"),
-        user_max_running=_int_flag(eng.extra_args, "--max-running-requests"),
+        user_chunk=_has_flag(eng.extra_args, "chunked_prefill_size"),
+        user_chunk_size=_int_flag(eng.extra_args, "chunked_prefill_size"),
+        user_max_running=_int_flag(eng.extra_args, "max_running_requests"),
     )
     candidates = _candidates(ckpt, acc, topo, opts)
     chosen = next((c for c in candidates if c.fits), None)

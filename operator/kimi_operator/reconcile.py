@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kimi_operator import render
+from kimi_operator import quantity, render
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
@@ -85,23 +85,59 @@ class Observed:
     completed_on_claim: frozenset[str] = frozenset()  # repo@commit keys other KimiDeployments completed here
     volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
     node_allocatable: tuple[int, int] | None = None  # (millicores, bytes) of the smallest matching node, if known
+    write_failures: tuple[str, ...] = ()  # "Kind/name: server message" for writes the API server refused
 
 
-def is_subset(desired: Any, observed: Any) -> bool:
-    """True when every field we set is present with the same value (the server may add defaults)."""
+# Fields whose values the API server stores as normalised quantities (cpu: 96000m -> "96", memory: 1048576Mi ->
+# "1Ti", sizeLimit: 65536Mi -> "64Gi"): compared by value, or every resync would see drift and re-apply.
+_QUANTITY_PARENTS = frozenset({"requests", "limits", "capacity"})
+_QUANTITY_KEYS = frozenset({"sizeLimit", "storage"})
+
+
+def _same_quantity(desired: Any, observed: Any) -> bool:
+    try:
+        return quantity.parse(str(desired)) == quantity.parse(str(observed))
+    except ValueError:
+        return False
+
+
+def is_subset(desired: Any, observed: Any, *, _key: str = "", _parent: str = "") -> bool:
+    """True when every field we set is present with the same value (the server may add defaults, and normalises
+    quantities, which are compared by value)."""
     if isinstance(desired, dict):
         if not isinstance(observed, dict):
             return False
-        return all(k in observed and is_subset(v, observed[k]) for k, v in desired.items())
+        return all(k in observed and is_subset(v, observed[k], _key=k, _parent=_key) for k, v in desired.items())
     if isinstance(desired, list):
         if not isinstance(observed, list) or len(desired) != len(observed):
             return False
-        return all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        return all(is_subset(d, o, _parent=_key) for d, o in zip(desired, observed, strict=True))
     if isinstance(desired, bool) or isinstance(observed, bool):
         return desired is observed
     if isinstance(desired, int | float) and isinstance(observed, int | float):
         return desired == observed
-    return str(desired) == str(observed)
+    if str(desired) == str(observed):
+        return True
+    return (_parent in _QUANTITY_PARENTS or _key in _QUANTITY_KEYS) and _same_quantity(desired, observed)
+
+
+def _pvc_change(desired: Manifest, current: Manifest) -> str:
+    """Why the weights PVC must be re-applied ("" when it need not): the retain-on-delete annotation or owner
+    reference differ, or the desired size is larger (a PVC never shrinks; a smaller size is left alone)."""
+    want_meta, have_meta = desired["metadata"], current.get("metadata") or {}
+    want_retain = (want_meta.get("annotations") or {}).get(render.RETAIN_ANNOTATION)
+    have_retain = (have_meta.get("annotations") or {}).get(render.RETAIN_ANNOTATION)
+    owned = any(r.get("kind") == "KimiDeployment" for r in have_meta.get("ownerReferences") or [])
+    if want_retain != have_retain or bool(want_meta.get("ownerReferences")) != owned:
+        return f"retain-on-delete {have_retain} -> {want_retain}"
+    want = desired["spec"]["resources"]["requests"]["storage"]
+    have = ((current.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+    try:
+        if have is not None and quantity.parse(want) > quantity.parse(str(have)):
+            return f"expand {have} -> {want}"
+    except ValueError:
+        return ""
+    return ""
 
 
 def _key(m: Manifest) -> ChildKey:
@@ -498,7 +534,12 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
             actions.apply.append(m)
             actions.explanation.append(f"create {k[0]}/{k[1]}")
         elif k[0] == "PersistentVolumeClaim":
-            continue  # a PVC's spec is immutable but for size; never re-apply an existing cache volume
+            # A PVC's spec is immutable but for its size: re-applied only to follow retainOnDelete (its annotation
+            # and owner reference: without that a toggle deletes or leaks 600 GB) or a larger weights.size.
+            why = _pvc_change(m, current)
+            if why:
+                actions.apply.append(m)
+                actions.explanation.append(f"update {k[0]}/{k[1]}: {why}")
         elif k[0] == "Job":
             current_key = (current["metadata"].get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
             if current_key != job_key:
@@ -573,7 +614,14 @@ def _status(
         available = _condition("Available", False, "NoReplicaReady", "no replica is serving yet", generation)
 
     unschedulable = _unschedulable(observed.pods)
-    if not weights.ready and weights.reason in ("VolumeNotBound", "RevisionUnresolved"):
+    if observed.write_failures:
+        reason, msg = (
+            "ApplyFailed",
+            "the API server refused: "
+            + "; ".join(observed.write_failures)
+            + " (fix the spec; the operator retries with backoff)",
+        )
+    elif not weights.ready and weights.reason in ("VolumeNotBound", "RevisionUnresolved"):
         reason, msg = weights.reason, weights.message
     elif not weights.ready:
         reason, msg = (
@@ -606,7 +654,7 @@ def _status(
     done = reason in ("Ready", "ScaledToZero")
     progressing = _condition(
         "Progressing",
-        not done and reason not in ("FetchFailed", "VolumeNotBound", "RevisionUnresolved"),
+        not done and reason not in ("FetchFailed", "VolumeNotBound", "RevisionUnresolved", "ApplyFailed"),
         "Complete" if done else reason,
         msg,
         generation,

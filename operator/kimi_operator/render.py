@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import jinja2
+import markupsafe
 import yaml
 
 from kimi_operator.api.models import GROUP, KIND, VERSION, KimiDeploymentSpec
@@ -125,6 +127,14 @@ def weights_key(plan: Plan) -> str:
     return f"{plan.repo}@{plan.revision}"
 
 
+def _as_data(value: Any) -> Any:
+    """Every `{{ value }}` is emitted as a JSON scalar (valid YAML): a user's string can never become YAML syntax
+    (`key: "a, name: b"` stays one string). `| tojson` output is already data and passes as is."""
+    if isinstance(value, markupsafe.Markup):
+        return value
+    return json.dumps(value)
+
+
 @cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -132,6 +142,7 @@ def _env() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
+        finalize=_as_data,
     )
     env.policies["json.dumps_kwargs"] = {"sort_keys": False}
     return env
@@ -148,9 +159,9 @@ def _render(template: str, ctx: dict[str, Any]) -> Manifest:
 def _resources(plan: Plan, spec: KimiDeploymentSpec, node_allocatable: tuple[int, int] | None) -> dict[str, Any]:
     """GPUs from the plan; CPU and memory requests sized from the node unless engine.resources sets them (an engine
     pod without them is best-effort: first to be evicted under node pressure)."""
-    extra = spec.engine.resources or {}
-    requests = dict(extra.get("requests", {}))
-    limits = dict(extra.get("limits", {}))
+    extra = spec.engine.resources
+    requests = dict(extra.requests) if extra else {}
+    limits = dict(extra.limits) if extra else {}
     cpu, memory_gib = engine_requests(plan, node_allocatable)
     if "cpu" not in requests and "cpu" not in limits:
         requests["cpu"] = str(cpu)

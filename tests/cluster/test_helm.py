@@ -382,12 +382,17 @@ def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_se
     assert obj["status"]["readyReplicas"] == 2
 
     k = kube.Kube(kube_api)
-    reasons = {
-        e["reason"]
-        for e in k.list_of(kube.EVENTS, namespace, "")
-        if e["involvedObject"].get("name") == "served" and e.get("reportingComponent") == kube.FIELD_MANAGER
-    }
-    assert {"Downloading", "Ready"} <= reasons, reasons
+
+    def operator_events() -> set[str] | NotYet:
+        # the operator posts its events after the status write that made the object Ready: wait, never sample
+        reasons = {
+            e["reason"]
+            for e in k.list_of(kube.EVENTS, namespace, "")
+            if e["involvedObject"].get("name") == "served" and e.get("reportingComponent") == kube.FIELD_MANAGER
+        }
+        return reasons if {"Downloading", "Ready"} <= reasons else NotYet(reasons)
+
+    wait_for(operator_events, 30, "the operator's Downloading and Ready events on served")
     children = {(m["kind"], m["metadata"]["name"]) for m in k.list_children(namespace, "")[0].values()}
     assert {("Deployment", "served"), ("Service", "served"), ("PodDisruptionBudget", "served")} <= children
 

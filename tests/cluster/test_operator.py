@@ -11,7 +11,8 @@ import time
 import pytest
 import yaml
 
-from kimi_testbed.wait import wait_for
+from kimi_operator.render import RETAIN_ANNOTATION as RETAIN
+from kimi_testbed.wait import NotYet, wait_for
 
 from .support import ROOT, Env, container, flag, go_ready, kd, weights_pv
 
@@ -62,6 +63,26 @@ def test_idle_kimideployment_makes_zero_writes(env: Env) -> None:
     assert env.op.writes() == before_writes
 
 
+def test_quantities_the_server_normalises_do_not_cause_endless_reapplies(env: Env) -> None:
+    """cpu 96000m, memory 1048576Mi and shmSize 65536Mi are stored as 96, 1Ti and 64Gi: compared by value."""
+    go_ready(
+        env,
+        "quant",
+        engine={"resources": {"requests": {"cpu": "96000m", "memory": "1048576Mi"}}},
+        topology={"network": {"shmSize": "65536Mi"}},
+    )
+    stored = env.read("Deployment", "quant")["spec"]["template"]["spec"]
+    assert stored["containers"][0]["resources"]["requests"]["cpu"] == "96"  # the server did normalise
+    time.sleep(2 * env.op.resync_seconds)
+    before_writes, before_reconciles = env.op.writes(), env.op.reconciles()
+    wait_for(
+        lambda: env.op.reconciles() >= before_reconciles + 3 or None,
+        timeout=60,
+        what="three resync reconciles",
+    )
+    assert env.op.writes() == before_writes, "the Deployment was re-applied although nothing changed"
+
+
 def test_children_edited_or_deleted_by_hand_are_restored(env: Env) -> None:
     go_ready(env, "drift")
     env.run("scale", "deployment", "drift", "--replicas=3")
@@ -109,12 +130,27 @@ def test_delete_with_retain_off_removes_the_weights_volume(env: Env) -> None:
 def test_invalid_specs_are_refused_at_apply_time_with_the_reason(env: Env) -> None:
     out = env.apply(kd("bad", engine={"extraArgs": ["--tp=4"]}), check=False)
     assert out.returncode != 0 and "--tp=4 is set by the operator" in out.stderr
+    # An abbreviation SGLang's parser maps to an owned field is refused at admission too (generated CEL pattern).
+    out = env.apply(kd("bad", engine={"extraArgs": ["--mem-frac=0.95"]}), check=False)
+    assert out.returncode != 0 and "--mem-frac=0.95 is set by the operator" in out.stderr
     out = env.apply(kd("bad", topology={"accelerator": "TPU"}), check=False)
     assert out.returncode != 0 and "accelerator" in out.stderr
     out = env.apply(kd("bad", rollout={"maxSurge": 0, "maxUnavailable": 0}), check=False)
     assert out.returncode != 0 and "cannot both be 0" in out.stderr
     out = env.apply(kd("bad", replicaz=1), check=False)
     assert out.returncode != 0 and "replicaz" in out.stderr
+    # Names whose children would be invalid (a dotted name is no Service name; -headless must fit 63 characters).
+    for name in ("my.model", "a" * 50):
+        out = env.apply(kd(name), check=False)
+        assert out.returncode != 0 and "DNS-1035 label of at most 49 characters" in out.stderr, out.stderr
+    out = env.apply(kd("bad", autoscaling={"enabled": True, "minReplicas": 3, "maxReplicas": 2}), check=False)
+    assert out.returncode != 0 and "minReplicas must not exceed maxReplicas" in out.stderr
+    out = env.apply(kd("bad", engine={"env": [{"name": "HF_TOKEN", "value": "hf_secret"}]}), check=False)
+    assert out.returncode != 0 and "model.tokenSecretRef" in out.stderr and "hf_secret" not in out.stderr
+    out = env.apply(kd("bad", engine={"env": [{"name": "HF_HUB_OFFLINE", "value": "0"}]}), check=False)
+    assert out.returncode != 0 and "the operator sets HF_HUB_OFFLINE" in out.stderr
+    out = env.apply(kd("bad", engine={"resources": {"requests": "lots"}}), check=False)
+    assert out.returncode != 0 and "resources.requests" in out.stderr
     assert env.items("KimiDeployment") == []
 
 
@@ -156,3 +192,44 @@ def test_a_fifth_replica_on_four_nodes_is_reported_unschedulable(env: Env) -> No
     assert "nvidia.com/gpu" in cond["message"]
     env.run("scale", "kd", "big", "--replicas=1")
     env.wait_condition("big", "Ready", "True", "Ready", timeout=90)
+
+
+def test_toggling_retain_on_delete_re_owns_the_weights_volume_so_a_delete_keeps_it(env: Env) -> None:
+    """retainOnDelete false -> true -> delete: the PVC stays (before, it kept its owner reference and was deleted)."""
+    go_ready(env, "toggle", weights={"retainOnDelete": False})
+    pvc = env.read("PersistentVolumeClaim", "toggle-weights")
+    assert pvc["metadata"]["ownerReferences"][0]["kind"] == "KimiDeployment"
+    env.apply(kd("toggle", weights={"retainOnDelete": True}))
+
+    def released() -> bool | NotYet:
+        meta = env.read("PersistentVolumeClaim", "toggle-weights")["metadata"]
+        return (not meta.get("ownerReferences") and meta["annotations"][RETAIN] == "true") or NotYet(meta)
+
+    wait_for(released, timeout=60, what="the weights PVC without an owner reference, retain-on-delete true")
+    env.run("delete", "kd", "toggle", "--wait=true")
+    time.sleep(3)  # give the garbage collector the chance it must not take
+    assert "toggle-weights" in env.names("PersistentVolumeClaim")
+    env.apply(kd("toggle", weights={"retainOnDelete": False}))
+
+    def owned() -> bool | NotYet:
+        meta = env.read("PersistentVolumeClaim", "toggle-weights")["metadata"]
+        refs = meta.get("ownerReferences") or []
+        return (len(refs) == 1 and refs[0]["uid"] == env.get("toggle")["metadata"]["uid"]) or NotYet(meta)
+
+    wait_for(owned, timeout=60, what="the re-created KimiDeployment owning its weights PVC again")
+
+
+def test_a_child_the_api_server_refuses_is_reported_with_its_reason_and_an_event(env: Env) -> None:
+    """A toleration with tolerationSeconds but effect NoSchedule passes the CRD but the Deployment is invalid."""
+    bad = [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}]
+    go_ready(env, "refused")
+    env.apply(kd("refused", topology={"tolerations": bad}))
+    cond = env.wait_condition("refused", "Ready", "False", "ApplyFailed", timeout=60)
+    assert "Deployment/refused" in cond["message"] and "tolerationSeconds" in cond["message"], cond
+    wait_for(
+        lambda: ("Warning", "ApplyFailed") in env.events("refused") or NotYet(env.events("refused")),
+        timeout=30,
+        what="a Warning ApplyFailed Event",
+    )
+    env.apply(kd("refused"))  # fixed: the failure clears with the next generation
+    env.wait_condition("refused", "Ready", "True", "Ready", timeout=60)

@@ -10,6 +10,7 @@ behind ``python3 -m sglang.launch_server``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -23,7 +24,7 @@ from kubernetes import client
 from kimi_operator import planner
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.engine import sglang
-from kimi_testbed.cluster import Cluster
+from kimi_testbed.cluster import Cluster, ClusterError, cluster_dir
 from kimi_testbed.realnode import NodeHandle
 from kimi_testbed.wait import NotYet, pods_summary, wait_for
 
@@ -137,6 +138,20 @@ def test_real_node_is_ready_with_8_gpus_beside_the_kwok_nodes(cluster: Cluster, 
     assert addresses["InternalIP"] == real_node.node_ip
     taints = [(t["key"], t.get("value"), t["effect"]) for t in node["spec"].get("taints") or []]
     assert taints == [("kimi-testbed.dev/node-kind", "real", "NoSchedule")], "only pods that ask land here"
+
+
+def test_a_second_cluster_asking_for_a_real_node_is_told_who_has_it(
+    cluster: Cluster, kube_api: client.ApiClient, real_node: NodeHandle
+) -> None:
+    """One real node per machine: the kubelet's device-plugin directory is fixed whatever --root-dir says."""
+    name = f"second-{os.getpid()}"
+    with pytest.raises(ClusterError) as err:
+        Cluster.start(name, nodes=1, owner_pid=os.getpid(), real_node=True, timeout=60)
+    Cluster(name, cluster_dir(name)).stop(remove=True)
+    message = str(err.value)
+    assert "one real node per machine" in message and repr(cluster.name) in message, message
+    node = core_api(kube_api).read_node(real_node.name)  # the first cluster's node is untouched
+    assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
 
 
 # -- GPUs --------------------------------------------------------------------------------------------------------

@@ -40,3 +40,29 @@ def test_rendered_command_line_parses(case: str, parse_sglang: Any, sglang_optio
         assert args.nnodes == p.nodes_per_replica and args.node_rank == rank
         if p.nodes_per_replica > 1:
             assert args.dist_init_addr == "kd-0.kd.ns:20000"
+
+
+def test_the_committed_flag_table_is_the_pinned_sglangs_own(sglang_prepare_server_args: Any) -> None:
+    """engine/sglang_flags.py (what ownership of extraArgs is decided by) equals what the installed sglang builds."""
+    import subprocess
+    import sys
+
+    from .cases import ROOT
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "gen_sglang_flags.py"), "--check"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_field_the_operator_renders_is_owned_or_a_declared_tunable(case: str) -> None:
+    from kimi_operator.engine import flags
+
+    _, _p = plan_of(CASES[case])
+    user = set(CASES[case].get("engine", {}).get("extraArgs", []))
+    for container in engine_containers(CASES[case]):
+        rendered = [a for a in container.command[3:] if a.startswith("--") and a not in user]
+        for arg in rendered:
+            dest = flags.resolve(arg.split("=", 1)[0])[0]
+            assert dest in flags.OWNED_DESTS or dest in flags.TUNABLE_DESTS, f"{case}: {arg} -> {dest}"

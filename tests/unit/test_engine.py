@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kimi_operator import planner
-from kimi_operator.api.models import OWNED_FLAGS, KimiDeploymentSpec
-from kimi_operator.engine import sglang
+from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.engine import flags, sglang
 
 
 def _args(**spec: Any) -> list[str]:
@@ -31,8 +33,8 @@ def test_tp8_line_has_kimi_parsers_metrics_and_multithreaded_load() -> None:
 
 def test_each_owned_flag_appears_at_most_once() -> None:
     args = _args(engine={"dataParallelAttention": True, "expertParallel": True, "kvCacheDtype": "fp8_e4m3"})
-    for flag in OWNED_FLAGS:
-        assert args.count(flag) <= 1, flag
+    dests = [flags.resolve(a.split("=", 1)[0])[0] for a in args if a.startswith("--")]
+    assert len(dests) == len(set(dests)), "a ServerArgs field is set twice"
 
 
 def test_dp_attention_reports_metrics_from_every_scheduler() -> None:
@@ -85,10 +87,19 @@ def test_probes_outlast_sglang_health_timeout_and_startup_covers_the_load_budget
     assert startup["periodSeconds"] * startup["failureThreshold"] >= p.startup_budget_seconds
 
 
-def test_user_env_cannot_override_offline_mode() -> None:
-    spec = KimiDeploymentSpec.model_validate(
-        {"engine": {"env": [{"name": "HF_HUB_OFFLINE", "value": "0"}, {"name": "NCCL_DEBUG", "value": "INFO"}]}}
-    )
+def test_user_env_cannot_override_offline_mode_it_is_refused_not_dropped() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="HF_HUB_OFFLINE is set by the operator"):
+        KimiDeploymentSpec.model_validate({"engine": {"env": [{"name": "HF_HUB_OFFLINE", "value": "0"}]}})
+    spec = KimiDeploymentSpec.model_validate({"engine": {"env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}})
     env = sglang.env(planner.plan(spec), spec)
     assert [e for e in env if e["name"] == "HF_HUB_OFFLINE"] == [{"name": "HF_HUB_OFFLINE", "value": "1"}]
     assert {"name": "NCCL_DEBUG", "value": "INFO"} in env
+    owned = {
+        e["name"]
+        for e in sglang.env(
+            planner.plan(KimiDeploymentSpec.model_validate({"topology": {"accelerator": "MI300X"}})), spec
+        )
+    }
+    assert owned - {"NCCL_DEBUG"} <= set(flags.OWNED_ENV), "every env name the operator sets is refused in engine.env"

@@ -212,3 +212,40 @@ def test_weights_volume_defaults_to_checkpoint_plus_headroom_and_user_size_wins(
 def test_every_catalog_accelerator_has_a_source_and_every_checkpoint_has_sources() -> None:
     assert all(a.source for a in catalog.ACCELERATORS.values())
     assert all(c.sources for c in catalog.CHECKPOINTS.values())
+
+
+@pytest.mark.parametrize("args", [["--moe-a2a-backend", "deepep"], ["--moe-a2a=deepep"], ["--moe-a2a-b", "deepep"]])
+def test_deepep_is_refused_for_k25_however_the_flag_is_spelled(args: list[str]) -> None:
+    with pytest.raises(planner.PlanError) as err:
+        plan_for(engine={"extraArgs": args})
+    assert err.value.reason == "UnsupportedByCheckpoint" and "DeepEP" in err.value.message
+
+
+def test_user_tunables_in_extra_args_are_read_by_the_planner_under_any_spelling() -> None:
+    p = plan_for(engine={"dataParallelAttention": True, "extraArgs": ["--chunked-prefill=16384"]})
+    assert p.chunked_prefill_size is None  # the user's value is passed as given, not replaced
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "said"),
+    [
+        (
+            {"topology": {"accelerator": "H200", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}},
+            "AcceleratorMismatch",
+            "selects H100 nodes but topology.accelerator is H200",
+        ),
+        ({"weights": {"size": "100Gi"}}, "VolumeTooSmall", "use at least 638Gi"),
+        ({"topology": {"network": {"shmSize": "0"}}}, "InvalidSpec", "shmSize must be more than 0"),
+    ],
+)
+def test_plans_the_engine_could_not_start_are_refused_with_the_fix(
+    spec: dict[str, Any], reason: str, said: str
+) -> None:
+    with pytest.raises(planner.PlanError) as err:
+        plan_for(**spec)
+    assert err.value.reason == reason and said in err.value.message
+
+
+def test_a_custom_product_label_value_is_left_to_the_user() -> None:
+    p = plan_for(topology={"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H200-141GB-custom"}})
+    assert p.accelerator == "H200"

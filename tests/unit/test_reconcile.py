@@ -503,3 +503,13 @@ def test_an_unresolvable_draft_model_holds_the_rollout() -> None:
     assert all(m["kind"] != "Deployment" for m in actions.apply)
     cond = _cond(s, "WeightsReady")
     assert cond["reason"] == "RevisionUnresolved" and "kimi-k2.5-eagle3" in cond["message"]
+
+
+def test_quantities_the_api_server_normalises_are_not_drift() -> None:
+    from kimi_operator.reconcile import is_subset
+
+    desired = {"resources": {"requests": {"cpu": "96000m", "memory": "1048576Mi"}}, "sizeLimit": "65536Mi"}
+    stored = {"resources": {"requests": {"cpu": "96", "memory": "1Ti"}}, "sizeLimit": "64Gi"}
+    assert is_subset(desired, stored)
+    assert not is_subset({"resources": {"requests": {"cpu": "97"}}}, {"resources": {"requests": {"cpu": "96"}}})
+    assert not is_subset({"env": [{"value": "1"}]}, {"env": [{"value": "1.0"}]}), "only quantity fields by value"

@@ -162,3 +162,21 @@ def test_service_selects_serving_pods_and_matches_status_selector() -> None:
     assert svc["spec"]["selector"] == render.selector("kd")
     assert render.selector_string("kd") == ",".join(f"{k}={v}" for k, v in svc["spec"]["selector"].items())
     assert ms["Deployment"][0]["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+
+
+@pytest.mark.parametrize("key", ["token, name: someone-elses-secret", "tok}en", "a\nb: c", "{{ x }}"])
+def test_a_value_reaching_a_template_is_rendered_as_data_never_as_yaml(key: str) -> None:
+    """Refused at admission (Secret keys are [-._a-zA-Z0-9]+), and even unvalidated it stays one string."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="key"):
+        KimiDeploymentSpec.model_validate({"model": {"tokenSecretRef": {"name": "hf", "key": key}}})
+    spec = KimiDeploymentSpec.model_validate({"model": {"tokenSecretRef": {"name": "hf", "key": "token"}}})
+    assert spec.model.token_secret_ref is not None
+    object.__setattr__(spec.model.token_secret_ref, "key", key)  # as if validation were bypassed
+    owner = render.Owner("kd", "demo", "00000000-0000-0000-0000-000000000000")
+    ms = render.render_all(owner, spec, planner.plan(spec), CONFIG, weights_ready=False)
+    job = next(m for m in ms if m["kind"] == "Job")
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    token = next(e for e in env if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": key}

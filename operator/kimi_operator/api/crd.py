@@ -21,7 +21,6 @@ from kimi_operator import catalog
 from kimi_operator.api.models import (
     GROUP,
     KIND,
-    OWNED_FLAGS,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
@@ -30,61 +29,36 @@ from kimi_operator.api.models import (
     KimiDeploymentSpec,
     KimiDeploymentStatus,
 )
+from kimi_operator.api.rules import RULES
+from kimi_operator.engine.flags import owned_pattern
 
 Schema = dict[str, Any]
 
-OWNED_FLAGS_RE = "^(" + "|".join(OWNED_FLAGS) + ")([= ].*)?$"
+# Owned SGLang options with their aliases and unambiguous abbreviations (engine/flags.py, from SGLang's own parser).
+OWNED_FLAGS_RE = owned_pattern()
 
-# CEL rules, keyed by the dotted path of the schema node they sit on.
-CEL_RULES: dict[str, list[dict[str, str]]] = {
-    "spec.weights": [
-        {
-            "rule": "!has(self.existingClaimName) || (!has(self.storageClassName) && !has(self.size))",
-            "message": "weights.existingClaimName cannot be combined with storageClassName or size: the operator "
-            "neither creates nor resizes a volume you bring; remove one of them",
-        },
-        {
-            "rule": "has(self.existingClaimName) == has(oldSelf.existingClaimName) && "
-            "(!has(self.existingClaimName) || self.existingClaimName == oldSelf.existingClaimName)",
-            "message": "weights.existingClaimName is immutable: create a new KimiDeployment to move to another volume",
-        },
-        {
-            "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && "
-            "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
-            "message": "weights.storageClassName is immutable (a PVC's class cannot change)",
-        },
-        {
-            "rule": "self.accessMode == oldSelf.accessMode",
-            "message": "weights.accessMode is immutable (a PVC's access mode cannot change)",
-        },
-    ],
-    "spec.engine.extraArgs": [
-        {
-            "rule": f"self.all(a, !a.matches('{OWNED_FLAGS_RE}'))",
-            "messageExpression": "'engine.extraArgs: ' + self.filter(a, a.matches('"
-            + OWNED_FLAGS_RE
-            + "'))[0] + ' is set by the operator from the plan; use the matching spec field "
-            "(model, topology or engine) instead'",
-        },
-        {
-            "rule": "self.all(a, !a.startsWith('--enable-ep-moe'))",
-            "message": "engine.extraArgs: --enable-ep-moe was removed from SGLang; set engine.expertParallel: true",
-        },
-    ],
-    "spec.autoscaling": [
-        {
-            "rule": "self.minReplicas <= self.maxReplicas",
-            "message": "autoscaling: minReplicas must not exceed maxReplicas",
-        }
-    ],
-    "spec.rollout": [
-        {
-            "rule": "self.maxSurge > 0 || self.maxUnavailable > 0",
-            "message": "rollout: maxSurge and maxUnavailable cannot both be 0 (a rollout could never progress); "
-            "use maxUnavailable: 1 when there is no spare GPU node",
-        }
-    ],
-}
+# CEL rules, keyed by the dotted path of the schema node they sit on ("" = the object root): the cross-field rules
+# from api/rules.py (written once, also enforced by the models) and the extraArgs patterns.
+CEL_RULES: dict[str, list[dict[str, str]]] = {}
+for _rule in RULES:
+    CEL_RULES.setdefault(_rule.path, []).append({"rule": _rule.cel, "message": _rule.message})
+CEL_RULES["spec.engine.extraArgs"] = [
+    {
+        "rule": f"self.all(a, !a.matches('{OWNED_FLAGS_RE}'))",
+        "messageExpression": "'engine.extraArgs: ' + self.filter(a, a.matches('"
+        + OWNED_FLAGS_RE
+        + "'))[0] + ' is set by the operator from the plan; use the matching spec field "
+        "(model, topology or engine) instead'",
+    },
+    {
+        "rule": "self.all(a, !a.startsWith('--enable-ep-moe'))",
+        "message": "engine.extraArgs: --enable-ep-moe was removed from SGLang; set engine.expertParallel: true",
+    },
+    {
+        "rule": "self.all(a, !a.startsWith(' ') && !a.endsWith(' '))",
+        "message": "engine.extraArgs: an item has leading or trailing spaces; remove them",
+    },
+]
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready", "description": "Ready/desired replicas"},
@@ -208,7 +182,8 @@ def spec_schema() -> Schema:
     schema["properties"]["topology"]["properties"]["accelerator"]["enum"] = sorted(catalog.ACCELERATORS)
     wrapper: Schema = {"properties": {"spec": schema}}
     for path, rules in CEL_RULES.items():
-        _attach(wrapper, path, rules)
+        if path:
+            _attach(wrapper, path, rules)
     return schema
 
 
@@ -260,6 +235,7 @@ def build_crd() -> dict[str, Any]:
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": "KimiDeployment serves a Kimi checkpoint with SGLang.",
+                            "x-kubernetes-validations": CEL_RULES.get("", []),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

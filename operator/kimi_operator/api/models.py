@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from kimi_operator.api import rules
+from kimi_operator.engine.flags import check_extra_args, env_problem
 
 GROUP = "kimi-operator.dev"
 VERSION = "v1alpha1"
@@ -20,51 +23,7 @@ PLURAL = "kimideployments"
 SINGULAR = "kimideployment"
 SHORT_NAMES = ["kd", "kimi"]
 
-# Flags the operator renders itself from the plan. extraArgs must not set them: the operator would either be
-# overridden silently or produce a command line that SGLang rejects. Aliases are listed with their canonical name.
-OWNED_FLAGS: tuple[str, ...] = (
-    "--model-path",
-    "--model",
-    "--served-model-name",
-    "--tp",
-    "--tp-size",
-    "--tensor-parallel-size",
-    "--ep",
-    "--ep-size",
-    "--expert-parallel-size",
-    "--dp",
-    "--dp-size",
-    "--data-parallel-size",
-    "--enable-dp-attention",
-    "--attn-dp-size",
-    "--attention-data-parallel-size",
-    "--enable-ep-moe",
-    "--host",
-    "--port",
-    "--dist-init-addr",
-    "--nccl-init-addr",
-    "--nnodes",
-    "--node-rank",
-    "--trust-remote-code",
-    "--tool-call-parser",
-    "--reasoning-parser",
-    "--enable-metrics",
-    "--context-length",
-    "--mem-fraction-static",
-    "--kv-cache-dtype",
-    "--model-loader-extra-config",
-    "--speculative-algorithm",
-    "--speculative-draft-model-path",
-    "--speculative-num-steps",
-    "--speculative-eagle-topk",
-    "--speculative-num-draft-tokens",
-    "--pp-size",
-    "--pipeline-parallel-size",
-    "--dist-timeout",
-    "--language-model-only",
-)
-
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|K|M|G|T|P|E)?$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 _HF_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -91,7 +50,13 @@ class SecretKeyRef(ApiModel):
     """A key in a Secret in the KimiDeployment's namespace."""
 
     name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253, description="Secret name.")
-    key: str = Field(default="token", min_length=1, max_length=253, description="Key inside the Secret.")
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key inside the Secret (letters, digits, '-', '_' and '.', as Secret keys are).",
+    )
 
 
 class ModelSpec(ApiModel):
@@ -148,6 +113,13 @@ class WeightsSpec(ApiModel):
         default=True,
         description="Keep the weights PVC (and ~600 GB of data) when the KimiDeployment is deleted.",
     )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> WeightsSpec:
+        broken = rules.failures("spec.weights", self)
+        if broken:
+            raise ValueError("\n".join(broken))
+        return self
 
 
 class NetworkSpec(ApiModel):
@@ -243,10 +215,25 @@ class SpeculativeSpec(ApiModel):
 
 
 class EnvVar(ApiModel):
-    """A plain environment variable for the engine container."""
+    """A plain environment variable for the engine container (no credentials: those belong in Secrets)."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=253)
     value: str = Field(default="", max_length=4096)
+
+    @field_validator("name")
+    @classmethod
+    def _not_owned_nor_a_credential(cls, value: str) -> str:
+        why = env_problem(value)
+        if why:
+            raise ValueError(why)
+        return value
+
+
+class ResourceRequirements(ApiModel):
+    """Extra CPU/memory/other requests and limits of the engine container (core/v1 ResourceRequirements)."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
 class EngineSpec(ApiModel):
@@ -295,24 +282,18 @@ class EngineSpec(ApiModel):
         description="Extra SGLang flags. Flags the operator sets from the plan are refused.",
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
-    resources: dict[str, Any] | None = Field(
+    resources: ResourceRequirements | None = Field(
         default=None,
-        description="Extra requests/limits for the engine container (a core/v1 ResourceRequirements); GPUs are "
-        "always set by the operator.",
+        description="Extra requests/limits for the engine container; GPUs are always set by the operator, CPU and "
+        "memory requests are sized from the node unless set here.",
     )
 
     @field_validator("extra_args")
     @classmethod
-    def _no_owned_flags(cls, value: list[str]) -> list[str]:
-        for arg in value:
-            flag = arg.split("=", 1)[0].split(" ", 1)[0]
-            if flag == "--enable-ep-moe":
-                raise ValueError("--enable-ep-moe was removed from SGLang; set engine.expertParallel: true")
-            if flag in OWNED_FLAGS:
-                raise ValueError(
-                    f"{flag} is set by the operator from the plan; use the matching spec field "
-                    "(model, topology or engine) instead"
-                )
+    def _extra_args_are_sglang_options_the_plan_does_not_set(cls, value: list[str]) -> list[str]:
+        problems = check_extra_args(value)
+        if problems:
+            raise ValueError("\n".join(p.message for p in problems))
         return value
 
 
@@ -329,6 +310,13 @@ class RolloutSpec(ApiModel):
 
     max_surge: int = Field(default=0, ge=0, le=16, description="Extra replicas started during a rollout.")
     max_unavailable: int = Field(default=1, ge=0, le=16, description="Replicas that may be down during a rollout.")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RolloutSpec:
+        broken = rules.failures("spec.rollout", self)
+        if broken:
+            raise ValueError("\n".join(broken))
+        return self
 
 
 class PrometheusSource(ApiModel):
@@ -383,6 +371,13 @@ class AutoscalingSpec(ApiModel):
     max_scale_down_step: int = Field(default=1, ge=1, le=64, description="Most replicas removed by one decision.")
     interval_seconds: int = Field(default=15, ge=1, le=600, description="How often queue depth is read.")
     source: AutoscalingSource = Field(default_factory=AutoscalingSource)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> AutoscalingSpec:
+        broken = rules.failures("spec.autoscaling", self)
+        if broken:
+            raise ValueError("\n".join(broken))
+        return self
 
 
 class KimiDeploymentSpec(ApiModel):
