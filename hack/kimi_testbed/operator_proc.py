@@ -31,11 +31,12 @@ class OperatorProcess:
         self.metrics_port = free_port()
         env = {
             **os.environ,
+            # kwok runs no image; on the real node extra_env names the one `make images` built
+            "KIMI_OPERATOR_IMAGE": "ghcr.io/kimi-operator/kimi-operator:test",
             **self.extra_env,
             "KUBECONFIG": str(self.kubeconfig),
             "KIMI_METRICS_PORT": str(self.metrics_port),
             "KIMI_RESYNC_SECONDS": str(self.resync_seconds),
-            "KIMI_OPERATOR_IMAGE": "ghcr.io/kimi-operator/kimi-operator:test",
             "PYTHONPATH": f"{ROOT / 'operator'}",
         }
         log = self.log_path.open("ab")

@@ -242,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--draft-repo", default="", help="also fetch this speculative-decoding draft model")
     f.add_argument("--draft-revision", default="main")
     f.add_argument("--progress-file", default="", help="write the progress record (JSON) to this file")
-    f.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress reports")
+    f.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        help="seconds between progress reports (one 'kimi-fetch-progress {json}' line on stdout each)",
+    )
     f.add_argument(
         "--verify",
         choices=["fast", "full"],

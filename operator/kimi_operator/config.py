@@ -20,7 +20,7 @@ class OperatorConfig:
     metrics_port: int = 8080
     cluster_domain: str = "cluster.local"
     hf_endpoint: str = ""  # Hub mirror for revision resolution and the fetch Job (empty: huggingface.co)
-    fetch_service_account: str = ""  # ServiceAccount of fetch pods (lets them publish progress on their pod)
+    operator_image_pull_policy: str = "IfNotPresent"  # of the fetch Job's container (the chart's image.pullPolicy)
     volume_grace_seconds: int = 30  # a weights PVC Pending longer than this is reported as VolumeNotBound
 
     @classmethod
@@ -35,6 +35,6 @@ class OperatorConfig:
             metrics_port=int(env.get("KIMI_METRICS_PORT", "8080")),
             cluster_domain=env.get("KIMI_CLUSTER_DOMAIN", "cluster.local"),
             hf_endpoint=env.get("KIMI_HF_ENDPOINT", env.get("HF_ENDPOINT", "")),
-            fetch_service_account=env.get("KIMI_FETCH_SERVICE_ACCOUNT", ""),
+            operator_image_pull_policy=env.get("KIMI_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent"),
             volume_grace_seconds=int(env.get("KIMI_VOLUME_GRACE_SECONDS", "30")),
         )

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import urllib3
 from pydantic import ValidationError
 
 from kimi_operator import catalog, metrics, quantity, reconcile, render
@@ -99,6 +100,41 @@ def _smallest_node(kube: Kube, body: Manifest) -> tuple[int, int] | None:
     return size
 
 
+FETCH_LOG_INTERVAL_SECONDS = reconcile.FETCH_REQUEUE_SECONDS
+FETCH_CONTAINER = "fetch"
+FETCH_LOG_LINES = 40  # a progress line every 10 s; the rest is the fetcher's own log (retries, warnings)
+FETCH_LOG_BYTES = 64 << 10
+_fetch_logs: dict[Key, tuple[float, str, str]] = {}  # KimiDeployment -> (read at, pod uid, tail)
+
+
+def _fetch_log_tails(kube: Kube, namespace: str, name: str, fetch_pods: list[Manifest]) -> dict[str, str]:
+    """The log tail of the running fetch pod (pods/log), where the fetcher prints its progress lines.
+
+    Read only while a fetch pod runs, at most once per FETCH_LOG_INTERVAL_SECONDS per KimiDeployment (a new pod is
+    read at once). A node that serves no logs (or a pod that just went away) gives an empty tail: no progress this
+    time, never a failed reconcile."""
+    key = (namespace, name)
+    running = [p for p in fetch_pods if (p.get("status") or {}).get("phase") == "Running"]
+    if not running:
+        _fetch_logs.pop(key, None)
+        return {}
+    pod = max(running, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
+    pod_name, uid = pod["metadata"]["name"], str(pod["metadata"].get("uid") or "")
+    now = time.monotonic()
+    cached = _fetch_logs.get(key)
+    if cached is not None and cached[1] == uid and now - cached[0] < FETCH_LOG_INTERVAL_SECONDS:
+        return {pod_name: cached[2]}
+    try:
+        tail = kube.pod_log_tail(
+            namespace, pod_name, FETCH_CONTAINER, lines=FETCH_LOG_LINES, limit_bytes=FETCH_LOG_BYTES
+        )
+    except (KubeError, urllib3.exceptions.HTTPError) as err:
+        log.debug("%s/%s: no log from fetch pod %s: %s", namespace, name, pod_name, err)
+        tail = ""
+    _fetch_logs[key] = (now, uid, tail)
+    return {pod_name: tail}
+
+
 def observe(
     kube: Kube, resolver: Resolver, namespace: str, name: str, body: Manifest, volume_grace: int = 30
 ) -> reconcile.Observed:
@@ -130,6 +166,7 @@ def observe(
         pods,
         lws_installed="LeaderWorkerSet" not in missing,
         fetch_pods=fetch_pods,
+        fetch_logs=_fetch_log_tails(kube, namespace, name, fetch_pods),
         resolved_commit=commit,
         draft_commit=draft_commit,
         resolve_error=error,
@@ -246,6 +283,7 @@ class WorkQueue:
 
     def forget(self, key: Key) -> None:
         self.known.discard(key)
+        _fetch_logs.pop(key, None)
         metrics.forget_weights(*key)
         self.failures.pop(key, None)
         metrics.MANAGED.set(len(self.known))

@@ -15,8 +15,9 @@ What it guarantees (docs/weights-cache.md has the long form):
   non-LFS files). A file that does not match is discarded and fetched again, never left in place. Files found on
   the volume from an earlier run are trusted if they match the fetcher's own record (size and mtime), else hashed
   (``--verify full`` hashes everything). Only a complete, verified snapshot gets ``.kimi-operator-complete.json``.
-- Progress (weights.FetchProgress) every ``--progress-interval`` seconds to ``--progress-file`` and, with
-  POD_NAME/POD_NAMESPACE set, to the pod's own annotation ``kimi-operator.dev/fetch-progress``.
+- Progress (weights.FetchProgress) every ``--progress-interval`` seconds to ``--progress-file`` and as one line
+  ``kimi-fetch-progress {json}`` on stdout (weights.progress_line), which the operator reads from the pod's log:
+  the fetch pod needs no Kubernetes API access (its Job mounts no service account token).
 - The Hub token comes from the HF_TOKEN environment variable only and is scrubbed from every line written.
 
 Exit codes: 0 complete, 1 other failure (retry may help), 2 bad request (repo/revision not found, unauthorized,
@@ -398,45 +399,19 @@ class _Tracker:
         )
 
 
-class PodAnnotator:
-    """Patches the fetcher's own pod annotation with the progress record. Failures are logged and ignored."""
+def _stream_sink(stream: IO[str]) -> Callable[[FetchProgress], None]:
+    """One machine-readable line per record (weights.progress_line) on ``stream`` (stdout in the Job): the operator
+    reads the tail of the pod's log for the last one, so the pod needs no API credentials to report progress."""
 
-    def __init__(self, name: str, namespace: str) -> None:
-        self.name = name
-        self.namespace = namespace
-        self._api: Any = None
-        self._failures = 0
-        self._disabled = False
+    def sink(rec: FetchProgress) -> None:
+        stream.write(weights.progress_line(rec) + "\n")
+        stream.flush()
 
-    def _client(self) -> Any:
-        if self._api is None:
-            from kubernetes import client, config
-
-            try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                config.load_kube_config()  # type: ignore[no-untyped-call]
-            self._api = client.CoreV1Api()
-        return self._api
-
-    def __call__(self, rec: FetchProgress) -> None:
-        if self._disabled:
-            return
-        body = {"metadata": {"annotations": {weights.PROGRESS_ANNOTATION: rec.to_json()}}}
-        try:
-            self._client().patch_namespaced_pod(self.name, self.namespace, body, _request_timeout=10)
-            self._failures = 0
-        except Exception as err:  # an annotation is a convenience: never fail the download for it
-            self._failures += 1
-            if self._failures in (1, 10) or self._failures % 100 == 0:
-                log.warning("could not annotate pod %s/%s with progress: %s", self.namespace, self.name, err)
-            if self._api is None and self._failures >= 3:
-                log.warning("no Kubernetes configuration; progress stays in the log and the progress file")
-                self._disabled = True
+    return sink
 
 
 class _Reporter(threading.Thread):
-    """Every ``interval`` seconds (and on every phase change): progress file, pod annotation, one log line."""
+    """Every ``interval`` seconds (and on every phase change): progress file, progress line, one log line."""
 
     def __init__(
         self, tracker: _Tracker, interval: float, sinks: list[Callable[[FetchProgress], None]], scrub: Scrubber
@@ -1136,20 +1111,20 @@ def fetch(
     verify: Verify = "fast",
     progress_file: str | None = None,
     progress_interval: float = 10.0,
-    pod: tuple[str, str] | None = None,
+    progress_stream: IO[str] | None = None,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> list[Snapshot]:
     """Fetch repo@revision (and the optional draft model) into ``root``; returns the complete snapshots.
 
     Raises FetchError (exit_code 1), BadRequestError (2) or NotEnoughSpaceError (3).
-    ``pod`` = (name, namespace) of a pod to annotate with the progress record.
+    ``progress_stream`` gets one progress line per record (weights.progress_line), as stdout does in the Job.
     """
     targets = [Target(repo, revision)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
     sinks: list[Callable[[FetchProgress], None]] = []
     if progress_file:
         sinks.append(_progress_file_sink(progress_file))
-    if pod is not None:
-        sinks.append(PodAnnotator(*pod))
+    if progress_stream is not None:
+        sinks.append(_stream_sink(progress_stream))
     fetcher = Fetcher(
         targets,
         root,
@@ -1207,7 +1182,6 @@ def main(
     token = os.environ.get("HF_TOKEN") or None
     scrub = Scrubber([token])
     _setup_logging(scrub)
-    pod_name, pod_ns = os.environ.get("POD_NAME", ""), os.environ.get("POD_NAMESPACE", "")
     targets = [Target(repo, revision)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
     log.info(
         "kimi-operator %s fetch: %s into %s (concurrency %d, verify %s, token %s, endpoint %s)",
@@ -1223,8 +1197,7 @@ def main(
     try:
         if progress_file:
             sinks.append(_progress_file_sink(progress_file))
-        if pod_name and pod_ns:
-            sinks.append(PodAnnotator(pod_name, pod_ns))
+        sinks.append(_stream_sink(sys.stdout))
         fetcher = Fetcher(
             targets,
             root,
@@ -1271,5 +1244,5 @@ def _setup_logging(scrub: Scrubber) -> None:
     for handler in root.handlers:
         handler.addFilter(ScrubFilter(scrub))
     logging.captureWarnings(True)
-    for noisy in ("urllib3", "kubernetes", "httpx2", "httpcore"):
+    for noisy in ("urllib3", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

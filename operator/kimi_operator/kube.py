@@ -97,24 +97,38 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        text = self._request(method, path, body=body, query=query, content_type=content_type)
+        return json.loads(text) if text else None
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        timeout: float = 30,
+    ) -> str:
         write = method != "GET"
         serialized = self.api.param_serialize(
             method,
             path,
             query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={"Content-Type": content_type, "Accept": accept},
             body=body,
             auth_settings=["BearerToken"],
         )
-        resp = self.api.call_api(*serialized, _request_timeout=30)
+        resp = self.api.call_api(*serialized, _request_timeout=timeout)
         data = resp.read()  # type: ignore[no-untyped-call]
         ok = 200 <= resp.status < 300
         if write:
             metrics.API_WRITES.labels(verb=method, outcome="ok" if ok else str(resp.status)).inc()
-        text = data.decode() if isinstance(data, bytes) else str(data or "")
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
         if not ok:
             raise KubeError(resp.status, resp.reason or "", text)
-        return json.loads(text) if text else None
+        return text
 
     # ---------------------------------------------------------------------------------------------- reads
     def get(self, rtype: ResourceType, namespace: str, name: str) -> Manifest | None:
@@ -160,6 +174,15 @@ class Kube:
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         return self.list_of(PODS, namespace, selector)
+
+    def pod_log_tail(
+        self, namespace: str, name: str, container: str, *, lines: int = 40, limit_bytes: int = 64 << 10
+    ) -> str:
+        """The last ``lines`` lines of a container's log (pods/log get), at most ``limit_bytes``. Needs a kubelet:
+        raises KubeError when the pod's node serves no logs (e.g. a simulated node) or the pod is gone."""
+        query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(limit_bytes))]
+        # the API server answers 406 to Accept: text/plain on this subresource (kubectl sends */* too)
+        return self._request("GET", PODS.path(namespace, name) + "/log", query=query, accept="*/*", timeout=10)
 
     def list_nodes(self, selector: str) -> list[Manifest]:
         """Nodes with these labels (cluster-scoped; needs nodes list, which the namespaced chart does not grant)."""

@@ -7,6 +7,7 @@ and no events, so an idle KimiDeployment costs zero API writes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
 from kimi_operator.planner import Plan, PlanError, plan
 from kimi_operator.timeutil import parse_rfc3339
-from kimi_operator.weights import COMMIT_RE, PROGRESS_ANNOTATION, FetchProgress, format_progress
+from kimi_operator.weights import COMMIT_RE, FetchProgress, format_progress, progress_from_log
 
 Manifest = dict[str, Any]
 ChildKey = tuple[str, str]  # (kind, name)
@@ -89,6 +90,7 @@ class Observed:
     pods: list[Manifest] = field(default_factory=list)
     lws_installed: bool = True
     fetch_pods: list[Manifest] = field(default_factory=list)
+    fetch_logs: dict[str, str] = field(default_factory=dict)  # running fetch pod name -> the tail of its log
     resolved_commit: str | None = None  # the Hub's answer for spec.model.revision (None: unknown)
     draft_commit: str | None = None  # the Hub's answer for the draft model's main branch, when there is one
     resolve_error: str = ""
@@ -184,6 +186,7 @@ class _Weights:
 
 
 FETCH_BACKOFF_SECONDS = (60, 120, 300, 600, 1800, 3600)
+FETCH_REQUEUE_SECONDS = 10.0  # while the weights are not ready; the fetch pod's log is read at most this often
 PERMANENT_FETCH_FAILURE = "PodFailurePolicy"  # exit 2 (not found / unauthorized) or 3 (no space): no retry
 
 
@@ -209,20 +212,52 @@ def _job_state(job: Manifest | None) -> tuple[str, str, str, str]:
     return "running", "", "", ""
 
 
-def fetch_progress(fetch_pods: list[Manifest]) -> FetchProgress | None:
-    """The newest progress record a fetch pod published on itself (kimi-operator.dev/fetch-progress)."""
+def fetch_progress(fetch_logs: dict[str, str]) -> FetchProgress | None:
+    """The newest progress record in the log tails of the running fetch pods (weights.progress_from_log)."""
     best: FetchProgress | None = None
-    for pod in fetch_pods:
-        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(PROGRESS_ANNOTATION)
-        if not raw:
-            continue
-        try:
-            rec = FetchProgress.from_json(raw)
-        except ValueError:
-            continue
-        if best is None or rec.updated_at >= best.updated_at:
+    for text in fetch_logs.values():
+        rec = progress_from_log(text)
+        if rec is not None and (best is None or rec.updated_at >= best.updated_at):
             best = rec
     return best
+
+
+def _termination(pod: Manifest) -> dict[str, Any] | None:
+    """The fetch container's termination message (the fetcher writes JSON there on exit), parsed, or None."""
+    for st in (pod.get("status") or {}).get("containerStatuses") or []:
+        if st.get("name") != "fetch":
+            continue
+        message = ((st.get("state") or {}).get("terminated") or {}).get("message")
+        if not message:
+            return None
+        try:
+            data = json.loads(message)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def fetched_commit(fetch_pods: list[Manifest]) -> str | None:
+    """The commit a fetch pod that finished reported in its result ({"snapshots": [{"commit": ...}, ...]})."""
+    for pod in fetch_pods:
+        snapshots = (_termination(pod) or {}).get("snapshots")
+        if isinstance(snapshots, list) and snapshots and isinstance(snapshots[0], dict):
+            commit = str(snapshots[0].get("commit") or "")
+            if COMMIT_RE.match(commit):
+                return commit
+    return None
+
+
+def fetch_error(fetch_pods: list[Manifest]) -> str:
+    """What the newest failed fetch pod said when it exited ({"exitCode": N, "error": "..."}), or ""."""
+    failed = [p for p in fetch_pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed.sort(key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
+    for pod in reversed(failed):
+        data = _termination(pod) or {}
+        if data.get("error"):
+            return f"exit {data.get('exitCode')}: {data['error']}"
+    return ""
 
 
 def _progress_detail(rec: FetchProgress | None) -> dict[str, Any]:
@@ -269,6 +304,9 @@ def _weights(
     if state == "failed":
         attempts = int(old_weights.get("attempts") or 0) + 1
         text = f"downloading {job_key} failed ({why}: {detail})".replace(": )", ")")
+        said = fetch_error(observed.fetch_pods)
+        if said:
+            text += f"; the fetcher said: {said}"
         if why == PERMANENT_FETCH_FAILURE:
             return _Weights(
                 False,
@@ -479,10 +517,10 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     owner = render.Owner(name, namespace, meta["uid"])
     names = render.names(name, spec)
     old_status = body.get("status") or {}
-    rec = fetch_progress(observed.fetch_pods)
+    rec = fetch_progress(observed.fetch_logs)
     commit = pinned_commit(old_status, spec.model.revision) or observed.resolved_commit
-    if commit is None and rec is not None and COMMIT_RE.match(rec.commit):
-        commit = rec.commit  # the fetcher resolved it (e.g. the operator cannot reach the Hub)
+    if commit is None:  # the fetcher resolved it (e.g. the operator cannot reach the Hub)
+        commit = rec.commit if rec is not None and COMMIT_RE.match(rec.commit) else fetched_commit(observed.fetch_pods)
     job_key = f"{p.repo}@{spec.model.revision}"
     p = render.pin(p, spec, config, commit=commit)
     key = render.weights_key(p)
@@ -569,7 +607,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         actions.explanation.append(f"delete {k[0]}/{k[1]} (no longer wanted)")
 
     if not weights.ready:
-        actions.requeue_after = 15.0  # progress at least every 30 s, retries on time, the volume re-checked
+        actions.requeue_after = FETCH_REQUEUE_SECONDS  # progress, retries on time, the volume re-checked
     return _status(body, spec, p, observed, weights, actions, workload_key, switching, replicas, now)
 
 

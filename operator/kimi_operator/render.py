@@ -28,6 +28,7 @@ RETAIN_ANNOTATION = "kimi-operator.dev/retain-on-delete"
 WEIGHTS_KEY_ANNOTATION = "kimi-operator.dev/weights-key"
 WORKLOAD_LABEL = "kimi-operator.dev/workload"  # deployment | leaderworkerset, on engine pods
 ENGINE_COMPONENTS = ("server", "worker")
+FETCH_UID = 65532  # the operator image's user (images/operator/Dockerfile); also the fetch pod's fsGroup
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,8 @@ def context(
             ),
         ],
         "hf_endpoint": config.hf_endpoint,
-        "fetch_service_account": config.fetch_service_account,
+        "fetch_uid": FETCH_UID,
+        "operator_image_pull_policy": config.operator_image_pull_policy,
         "env": sglang.env(plan, spec),
         "probes": sglang.probes(plan),
         "lifecycle": sglang.lifecycle(),

@@ -1,8 +1,8 @@
 """The weights cache: layout, file selection, progress record and completion manifest. Pure helpers.
 
 Shared by the fetcher (``kimi-operator fetch``, run by the weights Job) and the operator (which reads the progress
-record from the fetch pod's annotation and points SGLang at the snapshot directory). Nothing here does network I/O;
-the only file-system functions are the manifest readers/validators, which take the directory they look at.
+record from the tail of the fetch pod's log and points SGLang at the snapshot directory). Nothing here does network
+I/O; the only file-system functions are the manifest readers/validators, which take the directory they look at.
 
 Layout on the weights volume (see docs/weights-cache.md)::
 
@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import quote
 
-PROGRESS_ANNOTATION = "kimi-operator.dev/fetch-progress"
+PROGRESS_LINE_PREFIX = "kimi-fetch-progress "
+"""The fetcher prints ``PREFIX + FetchProgress JSON`` as one stdout line every interval; the operator reads the tail
+of the fetch pod's log (pods/log) for the last such line. The pod itself needs no API credentials."""
 MANIFEST_NAME = ".kimi-operator-complete.json"
 STATE_DIR = ".kimi-operator"
 REFS_DIR = "refs"
@@ -113,7 +115,7 @@ def wanted(filename: str) -> bool:
 
 @dataclass
 class FetchProgress:
-    """What the fetcher reports (progress file, pod annotation). camelCase on the wire, integers only, < 1 KB."""
+    """What the fetcher reports (progress file, progress lines in its log). camelCase, integers only, < 1 KB."""
 
     phase: Phase
     bytes_done: int = 0
@@ -181,6 +183,25 @@ class FetchProgress:
         if self.bytes_total <= 0:
             return 0
         return min(99, self.bytes_done * 100 // self.bytes_total)
+
+
+def progress_line(rec: FetchProgress) -> str:
+    """The machine-readable log line for a record (no newline): PROGRESS_LINE_PREFIX + compact JSON."""
+    return PROGRESS_LINE_PREFIX + rec.to_json()
+
+
+def progress_from_log(text: str) -> FetchProgress | None:
+    """The last well-formed progress line in a log (tail), or None. Other lines, a line cut off by a byte limit and
+    malformed records are skipped: a log is people's output first."""
+    for line in reversed(text.splitlines()):
+        at = line.find(PROGRESS_LINE_PREFIX)
+        if at < 0:
+            continue
+        try:
+            return FetchProgress.from_json(line[at + len(PROGRESS_LINE_PREFIX) :].strip())
+        except ValueError:
+            continue
+    return None
 
 
 def _int(value: Any) -> int:

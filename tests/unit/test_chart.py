@@ -255,6 +255,8 @@ def test_rbac_has_no_wildcards_and_grants_exactly_what_the_operator_uses(helm: P
     assert ("kimi-operator.dev", "kimideployments/status", "patch") in granted
     assert not {v for g, res, v in granted if res == "kimideployments"} & writes, "the operator never edits a spec"
     assert {v for g, res, v in granted if res == "pods"} == {"get", "list", "watch"}
+    # the fetch pod's progress is in its log; the fetch pod itself has no API access
+    assert {(g, v) for g, res, v in granted if res == "pods/log"} == {("", "get")}
     assert {v for g, res, v in granted if res == "events"} == {"create", "list"}  # list: the PVC's events
     assert not any(res in {"secrets", "configmaps"} for _, res, _ in granted)
     # Engine pods' CPU/memory requests are sized from the smallest node with the planned GPUs: read-only, list only.

@@ -8,11 +8,12 @@ important paths against a real API server.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from kimi_operator import reconcile, render
 from kimi_operator.config import OperatorConfig
-from kimi_operator.weights import PROGRESS_ANNOTATION, FetchProgress
+from kimi_operator.weights import FetchProgress, progress_line
 
 CONFIG = OperatorConfig(operator_image="op:test")
 NOW = "2026-11-23T12:00:00Z"
@@ -44,6 +45,7 @@ class Server:
         self.children: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
         self.fetch_pods: list[dict[str, Any]] = []
+        self.fetch_logs: dict[str, str] = {}
         self.hub: dict[str, str] = {"main": COMMIT, "v2": COMMIT_V2}  # what the Hub resolves revisions to
         self.completed_on_claim: frozenset[str] = frozenset()
         self.volume_problem = ""
@@ -55,6 +57,7 @@ class Server:
             copy.deepcopy(self.children),
             self.pods,
             fetch_pods=self.fetch_pods,
+            fetch_logs=self.fetch_logs,
             resolved_commit=self.hub.get(revision),
             draft_commit=self.hub.get("draft"),
             resolve_error="" if revision in self.hub else "hub unreachable",
@@ -282,7 +285,7 @@ def test_a_permanent_download_failure_is_not_retried() -> None:
     assert "will not pass on a retry" in _cond(s, "WeightsReady")["message"]
 
 
-def test_progress_published_by_the_fetch_pod_reaches_status() -> None:
+def test_progress_in_the_fetch_pods_log_reaches_status() -> None:
     s = Server({})
     s.step()
     record = FetchProgress(
@@ -296,17 +299,70 @@ def test_progress_published_by_the_fetch_pod_reaches_status() -> None:
         commit=COMMIT,
         updated_at=1,
     )
-    s.fetch_pods = [{"metadata": {"annotations": {PROGRESS_ANNOTATION: record.to_json()}}}]
+    older = FetchProgress(phase="downloading", bytes_done=10**9, bytes_total=595 * 10**9, updated_at=0)
+    s.fetch_logs = {
+        "kd-fetch-abcde": "\n".join(
+            [
+                "2026-11-23 12:00:00 INFO resolved ...",
+                progress_line(older),
+                "2026-11-23 12:00:10 INFO downloading: 36% (220/595 GB, 412 MB/s, ETA 15m), files 23/72",
+                progress_line(record),
+                "2026-11-23 12:00:11 WARNING model-00003: retrying",
+            ]
+        )
+    }
     s.step()
     w = s.body["status"]["weights"]
     assert w["progress"] == "36%" and w["bytesDone"] == 220 * 10**9 and w["filesTotal"] == 72
     assert "ETA" in w["message"]
+    assert s.step().writes == 0, "the same log tail again: nothing to write"
     s.job_succeeds()
-    s.fetch_pods = []
+    s.fetch_logs = {}
     s.step()
     s.step()
     w = s.body["status"]["weights"]
     assert w["progress"] == "100%" and "bytesDone" not in w, "download counters are removed once complete"
+
+
+def _finished_fetch_pod(phase: str, message: dict[str, Any]) -> dict[str, Any]:
+    terminated = {"exitCode": 0 if phase == "Succeeded" else 1, "message": json.dumps(message)}
+    return {
+        "metadata": {"name": "kd-fetch-x", "creationTimestamp": NOW},
+        "status": {"phase": phase, "containerStatuses": [{"name": "fetch", "state": {"terminated": terminated}}]},
+    }
+
+
+def test_the_commit_of_a_fetch_still_running_comes_from_its_progress_line() -> None:
+    s = Server({})
+    s.hub = {}
+    s.step()
+    s.fetch_logs = {"kd-fetch-y": progress_line(FetchProgress(phase="downloading", commit=COMMIT, bytes_total=9))}
+    s.step()
+    assert s.body["status"]["model"]["resolvedRevision"] == COMMIT
+
+
+def test_what_a_failed_fetcher_said_is_in_the_condition() -> None:
+    s = Server({})
+    s.step()
+    s.children[("Job", "kd-fetch")]["status"] = {
+        "failed": 1,
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "PodFailurePolicy",
+                "message": "Container fetch for pod ns/kd-fetch-x failed with exit code 3 matching FailJob rule",
+                "lastTransitionTime": NOW,
+            }
+        ],
+    }
+    said = {"exitCode": 3, "error": "not enough space on /models: needs 595 GB more but only 10 GB is free"}
+    s.fetch_pods = [_finished_fetch_pod("Failed", said)]
+    s.step()
+    cond = _cond(s, "WeightsReady")
+    assert cond["reason"] == "FetchFailed"
+    assert "exit code 3" in cond["message"] and "the fetcher said: exit 3: not enough space" in cond["message"]
+    assert "will not pass on a retry" in cond["message"]
 
 
 def test_the_fetchers_commit_is_used_when_the_hub_cannot_be_reached() -> None:
@@ -316,8 +372,8 @@ def test_the_fetchers_commit_is_used_when_the_hub_cannot_be_reached() -> None:
     s.job_succeeds()
     s.step()
     assert _cond(s, "WeightsReady")["reason"] == "RevisionUnresolved"
-    record = FetchProgress(phase="complete", commit=COMMIT, updated_at=2)
-    s.fetch_pods = [{"metadata": {"annotations": {PROGRESS_ANNOTATION: record.to_json()}}}]
+    result = {"snapshots": [{"repo": "moonshotai/Kimi-K2.5", "revision": "main", "commit": COMMIT}]}
+    s.fetch_pods = [_finished_fetch_pod("Succeeded", result)]  # its termination message: the fetcher's result
     assert _kinds(s.step()) == [("Deployment", "kd")]
     assert s.body["status"]["model"]["resolvedRevision"] == COMMIT
 

@@ -132,6 +132,30 @@ def test_token_secret_is_referenced_never_inlined() -> None:
     assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "tok"}}}
 
 
+def test_fetch_pod_has_no_api_credentials_and_runs_as_the_image_user() -> None:
+    job = _by_kind(_render(_doc(), weights_ready=False))["Job"][0]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    sc = pod["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == sc["runAsGroup"] == sc["fsGroup"] == 65532
+    assert sc["fsGroupChangePolicy"] == "OnRootMismatch"  # no recursive chown of the whole volume at each start
+    (c,) = pod["containers"]
+    assert c["imagePullPolicy"] == "IfNotPresent" and c["image"] == CONFIG.operator_image
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {e["name"] for e in c["env"]} == {"HF_HUB_DISABLE_TELEMETRY", "HF_HOME", "POD_NAME"}
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "fetch", "operator": "In", "values": [2, 3]}}
+    ]
+
+
+def test_fetch_pod_tolerates_what_the_engine_tolerates() -> None:
+    taint = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    job = _by_kind(_render(_doc(topology={"tolerations": [taint]}), weights_ready=False))["Job"][0]
+    assert job["spec"]["template"]["spec"]["tolerations"] == [taint]
+
+
 def test_service_selects_serving_pods_and_matches_status_selector() -> None:
     ms = _by_kind(_render(_doc(), weights_ready=True))
     svc = next(s for s in ms["Service"] if s["metadata"]["name"] == "kd")

@@ -134,6 +134,28 @@ def test_progress_parsing_is_lenient_on_numbers_strict_on_phase() -> None:
     assert "etaSeconds" not in FetchProgress(phase="resolving").to_dict()
 
 
+def test_the_last_progress_line_in_a_log_tail_wins_and_other_lines_are_skipped() -> None:
+    first = FetchProgress(phase="downloading", bytes_done=1, bytes_total=10, updated_at=1)
+    second = FetchProgress(phase="downloading", bytes_done=5, bytes_total=10, updated_at=2, message="x y")
+    line = weights.progress_line(second)
+    assert line.startswith(weights.PROGRESS_LINE_PREFIX) and "\n" not in line
+    log = "\n".join(
+        [
+            weights.progress_line(first)[7:],  # the first line of a tail cut by limitBytes: a fragment
+            weights.progress_line(first),
+            "2026-11-23 12:00:10 INFO downloading: 50% (5/10 B, 1 B/s), files 0/1",
+            line,
+            weights.PROGRESS_LINE_PREFIX + '{"phase": "downloading", "bytesDo',  # cut off while being written
+            weights.PROGRESS_LINE_PREFIX + '{"phase": "sleeping"}',  # not a phase
+            '{"snapshots": []}',
+        ]
+    )
+    assert weights.progress_from_log(log) == second
+    assert weights.progress_from_log("2026-11-23T12:00:00.1Z " + line) == second  # kubectl logs --timestamps
+    assert weights.progress_from_log("") is None
+    assert weights.progress_from_log("resolving\n" + weights.PROGRESS_LINE_PREFIX + "[1, 2]") is None
+
+
 def test_format_progress() -> None:
     rec = FetchProgress(
         phase="downloading",

@@ -100,6 +100,10 @@ field manager kimi-operator). Used by the ClusterRole, or by a Role per watched 
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# The weights fetch pod prints its progress to its log; the operator reads the tail (the pod has no API access).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]

@@ -1,0 +1,398 @@
+"""The weights fetch Job for real: `kimi-operator fetch` in the operator image, on the test bed's REAL node.
+
+Node kind: every test here needs the real node (``real_node`` fixture, ``real_node`` marker). Real: the operator
+(run on the host, as `kimi-operator run`, against the cluster), the Job and its pod (the operator image `make
+images` built, non-root 65532, no API credentials), the kubelet, containerd, runc, a hostPath volume on this
+machine, the pod network, the pods/log path the operator reads progress through, and the serving pod that mounts
+what the fetcher wrote. Simulated: the Hugging Face Hub (kimi_testbed.hub, a TEST DOUBLE serving a generated
+checkpoint on the host at the real node's bridge address, throttled where a test watches progress) and SGLang
+(the standin-engine image, a TEST DOUBLE).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from kimi_operator import render, weights
+from kimi_testbed.hub import HubStandIn, RepoLayout
+from kimi_testbed.operator_proc import OperatorProcess
+from kimi_testbed.realnode import REAL_TAINT, NodeHandle
+from kimi_testbed.storage import HOSTPATH_ROOT, node_local_dir, node_local_pv
+from kimi_testbed.wait import NotYet, wait_for
+
+from .support import Env, Kubectl, kd
+
+pytestmark = [pytest.mark.cluster, pytest.mark.real_node]
+
+MIB = 1 << 20
+REPO = "moonshotai/Kimi-K2.5"  # the catalog's checkpoint; the Hub stand-in serves a generated one under that id
+LAYOUT = RepoLayout(repo_id=REPO, shards=12, shard_bytes=4 * MIB)  # 12 shards: more than the fetcher's 8 threads
+RATE = 1.5e6  # bytes/s where a test watches the download: ~35 s for the ~52 MB checkpoint
+FETCH_UID = render.FETCH_UID
+REAL = {"kimi-testbed.dev/node-kind": "real"}
+
+
+def log(message: str) -> None:
+    print(f"[real-fetch] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def images(real_node: NodeHandle) -> dict[str, str]:
+    """The operator image (it runs `kimi-operator fetch`) and the stand-in engine, built if missing, imported."""
+    return {name: real_node.ensure_image(name) for name in ("operator", "standin-engine")}
+
+
+@pytest.fixture(scope="module")
+def node_hub(real_node: NodeHandle) -> Iterator[HubStandIn]:
+    """The Hub stand-in (TEST DOUBLE) on the host, at the real node's bridge address: pods and the operator reach it."""
+    hub = HubStandIn(LAYOUT, host=real_node.node_ip, public_host=real_node.node_ip).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_hub(node_hub: HubStandIn) -> Iterator[HubStandIn]:
+    node_hub.throttle(None)
+    node_hub.clear_faults()
+    node_hub.token = None
+    node_hub.reset_stats()
+    yield node_hub
+    node_hub.throttle(None)
+    node_hub.token = None
+
+
+@pytest.fixture(scope="module")
+def fetch_operator(
+    cluster: Any,
+    operator: OperatorProcess,
+    node_hub: HubStandIn,
+    images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    """The operator with the images `make images` built and the Hub stand-in on the bridge. The session's operator
+    (kwok tests: a fake image, a loopback Hub) is paused meanwhile: two operators must not race on one KD."""
+    operator.stop()
+    proc = OperatorProcess(
+        Path(cluster.kubeconfig),
+        tmp_path_factory.mktemp("fetch-operator"),
+        extra_env={
+            "HF_ENDPOINT": node_hub.endpoint,
+            "KIMI_OPERATOR_IMAGE": images["operator"],
+            "KIMI_ENGINE_IMAGE": images["standin-engine"],
+            "KIMI_VOLUME_GRACE_SECONDS": "3",
+        },
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        operator.start()
+
+
+@pytest.fixture
+def env(kube_api: client.ApiClient, namespace: str, kubectl: Kubectl, fetch_operator: OperatorProcess) -> Iterator[Env]:
+    yield Env(kube_api, namespace, kubectl, fetch_operator)
+    shutil.rmtree(HOSTPATH_ROOT / namespace, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def volume(env: Env, claim: str) -> Path:
+    """A real directory on this machine behind the claim the operator will create, writable by the fetcher."""
+    path = node_local_dir(env.ns, claim, FETCH_UID)
+    env.kubectl.apply(node_local_pv(env.ns, claim, REAL, path))
+    return path
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    """A KimiDeployment spec whose pods may land on the real node (its taint tolerated, like a GPU node's)."""
+    toleration = {"key": REAL_TAINT["key"], "operator": "Equal", "value": REAL_TAINT["value"], "effect": "NoSchedule"}
+    return {"topology": {"accelerator": "H200", "tolerations": [toleration]}, **extra}
+
+
+def snapshot(root: Path, hub: HubStandIn, repo: str = REPO) -> Path:
+    return Path(weights.snapshot_dir(str(root), repo, hub.commit("main", repo)))
+
+
+def wanted(hub: HubStandIn) -> dict[str, Any]:
+    return {n: f for n, f in hub.files("main").items() if weights.wanted(n)}
+
+
+def sha256(path: Path) -> str:
+    return weights.sha256_file(path)
+
+
+def weights_column(env: Env, name: str) -> str:
+    """The WEIGHTS column of `kubectl get kd` (the printer column a user watches); kubectl aligns columns, and an
+    empty one (QUEUE without an autoscaler) is blank, so the value is read at the header's offset."""
+    header, row = env.kubectl.run("get", "kd", name, "-n", env.ns).stdout.splitlines()[:2]
+    at = header.index("WEIGHTS")
+    return (row[at:].split() or [""])[0]
+
+
+def fetch_pods(env: Env, name: str) -> list[dict[str, Any]]:
+    return env.items("Pod", f"{render.INSTANCE_LABEL}={name},{render.COMPONENT_LABEL}=fetch")
+
+
+def running_fetch_pod(env: Env, name: str) -> dict[str, Any] | NotYet:
+    pods = fetch_pods(env, name)
+    running = [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    return running[-1] if running else NotYet([(p["metadata"]["name"], p["status"].get("phase")) for p in pods])
+
+
+def pod_logs(env: Env, pod: str) -> str:
+    return env.kubectl.run("logs", "-n", env.ns, pod, "-c", "fetch").stdout
+
+
+def weights_status(env: Env, name: str) -> dict[str, Any]:
+    w: dict[str, Any] = (env.get(name).get("status") or {}).get("weights") or {}
+    return w
+
+
+def state_records(snap: Path) -> dict[str, Any]:
+    """Files the fetcher has verified so far (its own bookkeeping on the volume), read from the host."""
+    try:
+        data = json.loads((snap / weights.STATE_DIR / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    files: dict[str, Any] = data.get("files") or {}
+    return files
+
+
+def partials(snap: Path) -> dict[str, int]:
+    base = snap / weights.STATE_DIR / "partial"
+    return {str(p.relative_to(base))[: -len(".part")]: p.stat().st_size for p in base.rglob("*.part")}
+
+
+def assert_volume_equals_hub(root: Path, hub: HubStandIn) -> Path:
+    snap = snapshot(root, hub)
+    files = wanted(hub)
+    for name, f in files.items():
+        path = snap / name
+        assert path.stat().st_size == f.size, name
+        assert sha256(path) == f.sha256, f"{name} on the volume differs from the Hub stand-in's"
+        assert path.stat().st_uid == FETCH_UID, f"{name} was written by uid {path.stat().st_uid}"
+    on_disk = {str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file() and ".kimi-operator" not in p.parts}
+    assert on_disk - set(files) == {weights.MANIFEST_NAME}, "decoys (.bin, .pth, original/) are never fetched"
+    assert not weights.validate_manifest(snap, check_hashes=True)
+    return snap
+
+
+def wait_fetch_failed(env: Env, name: str, timeout: float = 120) -> dict[str, Any]:
+    return env.wait_condition(name, "WeightsReady", "False", "FetchFailed", timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_weights_climb_while_bytes_land_and_the_engine_mounts_what_the_fetcher_wrote(
+    env: Env, fresh_hub: HubStandIn, real_node: NodeHandle, images: dict[str, str]
+) -> None:
+    hub = fresh_hub
+    hub.throttle(RATE)
+    root = volume(env, "climb-weights")
+    t0 = time.monotonic()
+    env.apply(kd("climb", **spec()))
+    seen: list[tuple[float, str, str, int]] = []  # (t, status progress, WEIGHTS column, bytesDone)
+    logs: dict[str, str] = {}
+    pods_seen: list[dict[str, Any]] = []
+
+    def watch() -> bool | NotYet:
+        w = weights_status(env, "climb")
+        column = weights_column(env, "climb")
+        seen.append((time.monotonic() - t0, str(w.get("progress", "")), column, int(w.get("bytesDone") or 0)))
+        pod = running_fetch_pod(env, "climb")
+        if isinstance(pod, dict):  # the latest log while it runs (the Job and its pod go once it is recorded)
+            pods_seen[:] = [pod]
+            logs[pod["metadata"]["name"]] = pod_logs(env, pod["metadata"]["name"])
+        ready = env.condition("climb", "WeightsReady") or {}
+        return ready.get("status") == "True" or NotYet(seen[-3:])
+
+    wait_for(watch, 300, "WeightsReady=True while watching status.weights and the WEIGHTS column", interval=1.0)
+    t_weights = time.monotonic() - t0
+    percents = [int(p[:-1]) for _, p, _, _ in seen if p.endswith("%")]
+    columns = [int(c[:-1]) for _, _, c, _ in seen if c.endswith("%")]
+    log(f"status.weights.progress seen: {sorted(set(percents))}; WEIGHTS column seen: {sorted(set(columns))}")
+    assert any(0 < p < 100 for p in percents), f"no intermediate percentage in status.weights: {seen}"
+    assert any(0 < c < 100 for c in columns), f"no intermediate percentage in the WEIGHTS column: {seen}"
+    assert percents == sorted(percents), f"progress went backwards: {percents}"
+    done = [b for _, _, _, b in seen if b]
+    assert done == sorted(done) and len(set(done)) >= 2, f"bytesDone did not climb: {done}"
+    assert weights_status(env, "climb")["progress"] == "100%"
+
+    # kubectl logs of the fetch pod: its own output (people's lines and the progress lines the operator reads)
+    assert logs, "never caught the fetch pod's log while it ran"
+    (text,) = logs.values()
+    commit = hub.commit("main")
+    assert "kimi-operator" in text and " fetch: " in text and f"resolved {REPO}@{commit} -> commit {commit}" in text
+    assert "downloading: " in text and "MB/s" in text
+    assert weights.progress_from_log(text) is not None
+
+    # the fetch pod ran the operator image as 65532, with no API credentials, on the real node
+    pod = pods_seen[0]
+    assert pod["spec"]["nodeName"] == real_node.name
+    assert pod["spec"]["containers"][0]["image"] == images["operator"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert not any("serviceAccountToken" in json.dumps(v) for v in pod["spec"].get("volumes") or [])
+    assert pod["spec"]["securityContext"]["runAsUser"] == FETCH_UID
+
+    snap = assert_volume_equals_hub(root, hub)
+    total = sum(f.size for f in wanted(hub).values())
+    assert sum(hub.served_bytes.values()) == total, "every byte was served exactly once"
+
+    env.wait_condition("climb", "Ready", "True", "Ready", timeout=180)
+    t_ready = time.monotonic() - t0
+    log(
+        f"{total / 1e6:.1f} MB at {RATE / 1e6:.1f} MB/s (throttled): WeightsReady after {t_weights:.0f}s, "
+        f"Ready after {t_ready:.0f}s from kubectl apply"
+    )
+
+    # the serving pod (stand-in engine image) on the real node reads what the fetcher wrote
+    (server,) = env.items("Pod", render.engine_pods_selector("climb"))
+    assert server["spec"]["nodeName"] == real_node.name
+    model_path = f"/models/{REPO}/{hub.commit('main')}"
+    shard = sorted(n for n in wanted(hub) if n.endswith(".safetensors"))[-1]
+    out = env.kubectl.run(
+        "exec",
+        "-n",
+        env.ns,
+        server["metadata"]["name"],
+        "--",
+        "sha256sum",
+        f"{model_path}/{shard}",
+        f"{model_path}/config.json",
+    ).stdout
+    sums = {line.split()[1].rsplit("/", 1)[1]: line.split()[0] for line in out.splitlines()}
+    assert sums == {shard: wanted(hub)[shard].sha256, "config.json": sha256(snap / "config.json")}
+
+
+def test_a_killed_fetch_pod_resumes_without_downloading_finished_files_again(
+    env: Env, fresh_hub: HubStandIn, kube_api: client.ApiClient
+) -> None:
+    hub = fresh_hub
+    hub.throttle(2e6)
+    root = volume(env, "resume-weights")
+    env.apply(kd("resume", **spec()))
+    snap = snapshot(root, hub)
+    shards = {n for n in wanted(hub) if n.endswith(".safetensors")}
+
+    def midway() -> tuple[dict[str, Any], dict[str, int]] | NotYet:
+        done, part = state_records(snap), partials(snap)
+        in_flight = {n: s for n, s in part.items() if s >= MIB and n not in done}
+        if len(shards & set(done)) >= 4 and in_flight:
+            return done, in_flight
+        return NotYet({"verified": sorted(done), "partial": part})
+
+    done, in_flight = wait_for(midway, 240, "some shards verified and others half-way on the volume", interval=0.1)
+    pod = running_fetch_pod(env, "resume")
+    assert isinstance(pod, dict), pod
+    killed = pod["metadata"]["name"]
+    client.CoreV1Api(kube_api).delete_namespaced_pod(killed, env.ns, grace_period_seconds=0)  # SIGKILL, now
+    log(f"killed {killed} with {len(shards & set(done))} shards verified, in flight: {in_flight}")
+
+    env.wait_condition("resume", "WeightsReady", "True", "Downloaded", timeout=300)
+    assert_volume_equals_hub(root, hub)
+    served = hub.served_bytes
+    sizes = {n: f.size for n, f in wanted(hub).items()}
+    again = {n: served[n] - sizes[n] for n in done if served[n] != sizes[n]}
+    assert not again, f"finished files were downloaded again: {again} extra bytes"
+    for name, had in in_flight.items():
+        # resumed from the partial file: the bytes on the volume at the kill are not served again (only what was
+        # in flight on the wire and never written); a restart from zero would serve size + had
+        assert served[name] < sizes[name] + had, f"{name}: served {served[name]}, size {sizes[name]}, had {had}"
+    total, extra = sum(sizes.values()), sum(served.values()) - sum(sizes.values())
+    missing = sum(sizes[n] - s for n, s in in_flight.items()) + sum(
+        sizes[n] for n in sizes if n not in done and n not in in_flight
+    )
+    log(
+        f"resume: {extra} bytes ({extra / MIB:.2f} MiB) served twice of {total} ({total / 1e6:.1f} MB); "
+        f"{len(in_flight)} partial files resumed; ~{missing / 1e6:.1f} MB were missing at the kill"
+    )
+
+
+def test_a_corrupted_shard_on_the_volume_is_detected_and_fetched_again(env: Env, fresh_hub: HubStandIn) -> None:
+    hub = fresh_hub
+    root = volume(env, "corrupt-weights")
+    t0 = time.monotonic()
+    env.apply(kd("corrupt", **spec()))
+    env.wait_condition("corrupt", "WeightsReady", "True", "Downloaded", timeout=180)
+    took = time.monotonic() - t0
+    snap = assert_volume_equals_hub(root, hub)
+    total = sum(f.size for f in wanted(hub).values())
+    log(f"unthrottled: {total / 1e6:.1f} MB on the volume {took:.1f}s after kubectl apply (Job, pod start, fetch)")
+
+    shard = sorted(n for n in wanted(hub) if n.endswith(".safetensors"))[2]
+    with (snap / shard).open("r+b") as f:  # a few flipped bytes in the middle: the size stays the same
+        f.seek(wanted(hub)[shard].size // 2)
+        f.write(b"\x00corrupt\x00")
+    assert sha256(snap / shard) != wanted(hub)[shard].sha256
+
+    # The deployment is deleted and re-created (the volume is retained): its fetch Job checks what is there.
+    env.run("delete", "kd", "corrupt", "--wait=true")
+    wait_for(lambda: not env.names("Job") or NotYet(env.names("Job")), 60, "the old fetch Job to be gone")
+    hub.reset_stats()
+    env.apply(kd("corrupt", **spec()))
+    env.wait_condition("corrupt", "WeightsReady", "True", "Downloaded", timeout=180)
+    assert dict(hub.served_bytes) == {shard: wanted(hub)[shard].size}, "only the corrupted shard is fetched again"
+    assert_volume_equals_hub(root, hub)
+
+
+@pytest.fixture
+def small_volume(env: Env) -> Iterator[Path]:
+    """A 16 MiB file system (tmpfs) behind the claim: the ~52 MB checkpoint does not fit."""
+    path = node_local_dir(env.ns, "small-weights", FETCH_UID)
+    opts = f"size=16m,uid={FETCH_UID},gid={FETCH_UID},mode=0755"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "kimi-testbed-small", str(path)], check=True)
+    try:
+        env.kubectl.apply(node_local_pv(env.ns, "small-weights", REAL, path))
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_volume_too_small_fails_at_once_with_a_clear_condition(
+    env: Env, fresh_hub: HubStandIn, small_volume: Path
+) -> None:
+    env.apply(kd("small", **spec()))
+    cond = wait_fetch_failed(env, "small")
+    assert "not enough space" in cond["message"] and "PodFailurePolicy" in cond["message"], cond
+    assert "will not pass on a retry" in cond["message"]
+    assert (env.condition("small", "Ready") or {}).get("reason") == "FetchFailed"
+    pods = fetch_pods(env, "small")
+    assert len(pods) == 1, "exit 3 fails the Job at once: no second pod"
+    assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    assert "not enough space" in pod_logs(env, pods[0]["metadata"]["name"])
+    assert sum(fresh_hub.served_bytes.values()) == 0, "not one byte before the space check"
+    assert env.names("Deployment") == set()
+
+
+@pytest.mark.parametrize("case", ["bad-token", "missing-repo"])
+def test_a_bad_token_or_a_missing_repo_fails_at_once_without_retries(
+    env: Env, fresh_hub: HubStandIn, case: str
+) -> None:
+    volume(env, "bad-weights")
+    if case == "bad-token":
+        fresh_hub.token = "hf_the-right-token"
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf"}}
+        env.apply({**secret, "stringData": {"token": "hf_a-wrong-token-4242"}})
+        env.apply(kd("bad", **spec(model={"repo": REPO, "tokenSecretRef": {"name": "hf", "key": "token"}})))
+        expected = "rejected"
+    else:
+        env.apply(kd("bad", **spec(model={"repo": "moonshotai/Kimi-K2-Thinking"})))  # the stand-in does not serve it
+        expected = "repo not found"
+    cond = wait_fetch_failed(env, "bad")
+    assert expected in cond["message"] and "exit 2" in cond["message"], cond
+    assert "hf_a-wrong-token-4242" not in json.dumps(env.get("bad"))
+    pods = fetch_pods(env, "bad")
+    assert len(pods) == 1, "exit 2 fails the Job at once: no retries"
+    text = pod_logs(env, pods[0]["metadata"]["name"])
+    assert expected in text and "hf_a-wrong-token-4242" not in text
+    assert sum(fresh_hub.served_bytes.values()) == 0
