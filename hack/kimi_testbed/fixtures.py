@@ -8,7 +8,7 @@
 - ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for that cluster (admin).
 - ``namespace``: a fresh namespace per test, deleted afterwards (teardown waits until its pods are gone, so
   GPUs are free for the next test). When the test fails, the report gets the namespace's pods and events.
-- ``standins``: a started stand-in engine harness (SGLang TEST DOUBLES) for the test's namespace.
+- ``standins``: a started stand-in engine harness (SGLang TEST DOUBLES) for the test's namespace (not on gateway pods).
 
 Tests that use ``cluster`` (directly or through the others) get the ``cluster`` marker: ``-m "not cluster"``
 deselects them.
@@ -177,7 +177,8 @@ def namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def standins(kube_api: Any, namespace: str) -> Iterator[Harness]:
-    harness = Harness(kube_api, namespace).start()
+    # not on gateway pods: their IPs are where a test runs the real gateway (kimi_testbed.gateway_proc)
+    harness = Harness(kube_api, namespace, selector="app.kubernetes.io/component!=gateway").start()
     try:
         yield harness
     finally:

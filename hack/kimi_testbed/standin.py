@@ -86,6 +86,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = SERVER_NAME
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY a keep-alive client (the gateway's pool) waits
+    # for the delayed ACK (~40 ms) on every answer, which is the stand-in's artefact, not the router's latency
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
