@@ -107,7 +107,8 @@ demo-down: ## Stop what `KEEP=1 make demo` left running
 	bash hack/demo.sh down
 
 .PHONY: bench
-bench: venv bins ## Benchmarks (numbers, not pass/fail): autoscaler policy, fetcher, operator on a local cluster
+bench: venv bins ## Benchmarks (numbers, not pass/fail): autoscaler policy, fetcher, gateway routing, operator on a local cluster
 	$(PY) hack/bench_autoscaler.py
 	$(PY) hack/bench_fetch.py
+	$(PY) hack/bench_gateway.py
 	$(PY) hack/bench.py

@@ -8,7 +8,8 @@
 - ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for that cluster (admin).
 - ``namespace``: a fresh namespace per test, deleted afterwards (teardown waits until its pods are gone, so
   GPUs are free for the next test). When the test fails, the report gets the namespace's pods and events.
-- ``standins``: a started stand-in engine harness (SGLang TEST DOUBLES) for the test's namespace.
+- ``standins``: a started stand-in engine harness (SGLang TEST DOUBLES) for the test's namespace (not on gateway
+  pods).
 - ``real_node`` (session): the cluster's real node (kimi_testbed.realnode.NodeHandle: its name, IP, the
   nodeSelector and toleration that put a pod there, images). The session cluster gets one when this machine can
   run it (``KIMI_TESTBED_REAL_NODE``: ``auto``, the default; ``1``: required; ``0``: never); tests that need it
@@ -223,7 +224,8 @@ def namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def standins(kube_api: Any, namespace: str) -> Iterator[Harness]:
-    harness = Harness(kube_api, namespace).start()
+    # not on gateway pods: their IPs are where a test runs the real gateway (kimi_testbed.gateway_proc)
+    harness = Harness(kube_api, namespace, selector="app.kubernetes.io/component!=gateway").start()
     try:
         yield harness
     finally:

@@ -8,7 +8,10 @@ It answers the HTTP surface the operator relies on, where an SGLang leader pod w
 - ``/metrics``: Prometheus text with SGLang's own metric names and labels (``sglang:num_queue_reqs`` ... with
   model_name, engine_type, tp_rank, pp_rank, moe_ep_rank, and dp_rank when DP attention runs, one sample per
   DP rank as with ``--enable-metrics-for-all-schedulers``);
-- ``/v1/chat/completions``: a trivial OpenAI-shaped answer that says it comes from a test double.
+- ``/v1/chat/completions``: a trivial OpenAI-shaped answer that says it comes from a test double. A prefix cache
+  is modelled on the prompt's words (one word = one token; a radix tree like SGLang's RadixCache, never evicted):
+  ``usage.prompt_tokens_details.cached_tokens`` and ``sglang:cache_hit_rate`` say how much of the prompts was
+  already cached here, so a router's cache affinity is measurable (``prompt_tokens_total``/``cached_tokens_total``).
 
 A test drives it: ``queue_depth``/``running_requests`` (spread over DP ranks) or ``set_rank(...)``,
 ``make_unhealthy()``, ``make_silent()`` (accepts connections, never answers), ``stop_listening()`` (port closed,
@@ -87,6 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = SERVER_NAME
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY a keep-alive client (the gateway's pool) waits
+    # for the delayed ACK (~40 ms) on every answer, which is the stand-in's artefact, not the router's latency
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
@@ -196,6 +202,9 @@ class StandinEngine:
         self.completions = 0
         self.completion_seconds = 0.0  # how long each completion takes (answers in flight for drain tests)
         self.in_flight = 0  # requests being answered now
+        self.prompt_tokens_total = 0
+        self.cached_tokens_total = 0
+        self._prefix_tree: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._silent = threading.Event()
         self._closing = threading.Event()
@@ -404,12 +413,33 @@ class StandinEngine:
             ],
         }
 
+    def _cache_prompt(self, tokens: list[str]) -> int:
+        """Walk and extend the prefix tree with the prompt's tokens; returns how many were cached. Holds _lock."""
+        node, cached = self._prefix_tree, 0
+        for i, tok in enumerate(tokens):
+            child = node.get(tok)
+            if child is None:
+                for rest in tokens[i:]:
+                    node = node.setdefault(rest, {})
+                break
+            node, cached = child, cached + 1
+        return cached
+
     def chat_completion(self, body: dict[str, Any], stream: bool = False) -> dict[str, Any]:
+        tokens = [t for m in body.get("messages", []) or [] for t in str(m.get("content", "")).split()]
+        if not tokens and "prompt" in body:
+            tokens = str(body["prompt"]).split()
         with self._lock:
             self.completions += 1
             n = self.completions
+            cached = self._cache_prompt(tokens)
+            self.prompt_tokens_total += len(tokens)
+            self.cached_tokens_total += cached
+            hit_rate = self.cached_tokens_total / self.prompt_tokens_total if self.prompt_tokens_total else 0.0
+            for rank in self.ranks:
+                rank.cache_hit_rate = hit_rate
         text = "stand-in engine (test double): no model runs here"
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) or [])
+        prompt_tokens = len(tokens)
         created = int(time.time())
         if stream:
             return {
@@ -428,6 +458,7 @@ class StandinEngine:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {
                 "prompt_tokens": prompt_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },

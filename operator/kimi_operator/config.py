@@ -14,6 +14,7 @@ DEFAULT_OPERATOR_IMAGE = f"ghcr.io/kimi-operator/kimi-operator:{__version__}"
 class OperatorConfig:
     operator_image: str = DEFAULT_OPERATOR_IMAGE
     engine_image: str = ""  # SGLang image for NVIDIA GPUs when spec.engine.image is unset (empty: the catalog's pin)
+    gateway_image: str = ""  # image with the pinned sglang-router when spec.gateway.image is unset (empty: engine's)
     engine_image_rocm: str = ""  # the same for AMD GPUs (a ROCm build of SGLang)
     resync_seconds: int = 60
     workers: int = 4
@@ -30,6 +31,7 @@ class OperatorConfig:
             operator_image=env.get("KIMI_OPERATOR_IMAGE", DEFAULT_OPERATOR_IMAGE),
             engine_image=env.get("KIMI_ENGINE_IMAGE", ""),
             engine_image_rocm=env.get("KIMI_ENGINE_IMAGE_ROCM", ""),
+            gateway_image=env.get("KIMI_GATEWAY_IMAGE", ""),
             resync_seconds=int(env.get("KIMI_RESYNC_SECONDS", "60")),
             workers=int(env.get("KIMI_WORKERS", "4")),
             metrics_port=int(env.get("KIMI_METRICS_PORT", "8080")),

@@ -44,6 +44,11 @@ CHILD_TYPES: dict[str, ResourceType] = {
     "Service": ResourceType("v1", "Service", "services"),
     "PodDisruptionBudget": ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     "LeaderWorkerSet": ResourceType("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
+    # the gateway's pod discovery identity, and the engines' NetworkPolicy
+    "ServiceAccount": ResourceType("v1", "ServiceAccount", "serviceaccounts"),
+    "Role": ResourceType("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    "RoleBinding": ResourceType("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    "NetworkPolicy": ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
 }
 OPTIONAL_KINDS = frozenset({"LeaderWorkerSet"})  # CRDs a cluster may not have
 PODS = ResourceType("v1", "Pod", "pods")

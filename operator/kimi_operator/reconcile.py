@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kimi_operator import quantity, render
+from kimi_operator import gateway, quantity, render
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
@@ -563,9 +563,16 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     switching = other_key in observed.children or bool(other_pods)
     if weights.ready and not switching:
         desired.append(render.workload(ctx))
+    gw = _gateway_decision(observed, spec, name, names.service)
+    if gw.target == "gateway":
+        ctx["service_selector"] = render.gateway_selector(name)
     desired += render.services(ctx)
     if replicas > 1:
         desired.append(render.pdb(ctx))
+    if gw.keep_gateway:
+        desired += render.gateway_manifests(ctx)
+    if gw.target == "gateway" and spec.gateway.network_policy.enabled:
+        desired.append(render.network_policy(ctx))
 
     actions = Actions()
     desired_keys = {_key(m) for m in desired}
@@ -609,6 +616,55 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     if not weights.ready:
         actions.requeue_after = FETCH_REQUEUE_SECONDS  # progress, retries on time, the volume re-checked
     return _status(body, spec, p, observed, weights, actions, workload_key, switching, replicas, now)
+
+
+def _gateway_ready(observed: Observed, name: str) -> tuple[int, int]:
+    """(ready, desired) pods of the gateway Deployment observed on the server."""
+    dep = observed.children.get(("Deployment", gateway.names(name)["gateway"]))
+    if dep is None:
+        return 0, 0
+    st = dep.get("status") or {}
+    return int(st.get("readyReplicas") or 0), int((dep.get("spec") or {}).get("replicas") or 0)
+
+
+def _gateway_decision(observed: Observed, spec: KimiDeploymentSpec, name: str, service: str) -> gateway.ServiceDecision:
+    ready, _ = _gateway_ready(observed, name)
+    current = gateway.observed_target(observed.children.get(("Service", service)), render.gateway_selector(name))
+    return gateway.service_target(spec.gateway_enabled(), ready, current)
+
+
+def ready_leaders(pods: list[Manifest]) -> int:
+    """Serving pods (single-node pods, LWS leaders) that are Ready: the workers the gateway's discovery admits."""
+    count = 0
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get(render.COMPONENT_LABEL) != "server" or meta.get("deletionTimestamp"):
+            continue
+        st = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+        if ready and st.get("phase") == "Running" and st.get("podIP"):
+            count += 1
+    return count
+
+
+def gateway_status(observed: Observed, spec: KimiDeploymentSpec, name: str, service: str) -> dict[str, Any]:
+    """status.gateway: does a gateway serve the Service, how many of its pods are ready, how many workers."""
+    decision = _gateway_decision(observed, spec, name, service)
+    current = gateway.observed_target(observed.children.get(("Service", service)), render.gateway_selector(name))
+    serving = current == "gateway" and decision.target == "gateway"
+    if not spec.gateway_enabled() and not decision.keep_gateway:
+        return {"enabled": False, "serving": False, "summary": "off"}
+    ready, desired = _gateway_ready(observed, name)
+    workers = ready_leaders(observed.pods)
+    state = spec.gateway.policy if serving else ("starting" if spec.gateway_enabled() else "stopping")
+    return {
+        "enabled": spec.gateway_enabled(),
+        "serving": serving,
+        "policy": spec.gateway.policy,
+        "ready": f"{ready}/{desired or spec.gateway.replicas}",
+        "workers": workers,
+        "summary": f"{state} {ready}/{desired or spec.gateway.replicas}, {workers} worker{'s' * (workers != 1)}",
+    }
 
 
 def _status(
@@ -746,6 +802,7 @@ def _status(
         },
         "weights": weights_status,
         "plan": _plan_status(p),
+        "gateway": gateway_status(observed, spec, name, names.service),
     }
     conditions = [weights_cond, available, progressing, ready_cond]
     if spec.autoscaling.enabled:

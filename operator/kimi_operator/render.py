@@ -12,6 +12,7 @@ import jinja2
 import markupsafe
 import yaml
 
+from kimi_operator import gateway
 from kimi_operator.api.models import GROUP, KIND, VERSION, KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.engine import sglang
@@ -84,6 +85,11 @@ def labels(owner_name: str, component: str) -> dict[str, str]:
 def selector(owner_name: str) -> dict[str, str]:
     """Labels that select a KimiDeployment's serving pods (the Service's and the scale subresource's)."""
     return {"app.kubernetes.io/name": APP_NAME, INSTANCE_LABEL: owner_name, COMPONENT_LABEL: "server"}
+
+
+def gateway_selector(owner_name: str) -> dict[str, str]:
+    """Labels of a KimiDeployment's gateway pods."""
+    return {"app.kubernetes.io/name": APP_NAME, INSTANCE_LABEL: owner_name, COMPONENT_LABEL: gateway.COMPONENT}
 
 
 def selector_string(owner_name: str) -> str:
@@ -253,14 +259,49 @@ def context(
         "node_selector": _node_selector(plan, spec),
         "tolerations": [t.wire() for t in spec.topology.tolerations],
         "termination_grace": sglang.TERMINATION_GRACE_SECONDS,
+        "owner_name": owner.name,
+        "service_selector": selector(owner.name),
+        "gw": _gateway_context(owner, spec, plan, config),
     }
+    api_key_env = gateway.api_key_env(spec)
 
     def pod_spec(role: str) -> Manifest:
         command = sglang.command(plan, spec, multi_node=role != "single")
-        return _render("engine-pod.yaml.j2", {**ctx, "role": role, "role_command": command})
+        role_env = ctx["env"]
+        if api_key_env and role != "worker":  # the serving pod checks the key; SGLang reads it from the env
+            command = gateway.engine_command(command)
+            role_env = [*role_env, *api_key_env]
+        return _render("engine-pod.yaml.j2", {**ctx, "env": role_env, "role": role, "role_command": command})
 
     ctx["pod_spec"] = pod_spec
     return ctx
+
+
+def _gateway_context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    gnames = gateway.names(owner.name)
+    np = spec.gateway.network_policy
+    return {
+        "name": gnames["gateway"],
+        "network_policy": gnames["network_policy"],
+        "selector": gateway_selector(owner.name),
+        "image": spec.gateway.image or config.gateway_image or plan.image,
+        "command": gateway.command(spec, owner.namespace, selector(owner.name)),
+        "env": gateway.api_key_env(spec),
+        "http_port": gateway.HTTP_PORT,
+        "metrics_port": gateway.METRICS_PORT,
+        "resources": spec.gateway.resources or gateway.DEFAULT_RESOURCES,
+        "metrics_from": np.metrics_from if np.metrics_from is not None else gateway.default_metrics_peers(),
+    }
+
+
+def gateway_manifests(ctx: dict[str, Any]) -> list[Manifest]:
+    """The gateway's Deployment, ServiceAccount, Role, RoleBinding and PodDisruptionBudget."""
+    rbac = yaml.safe_load(_env().get_template("gateway-rbac.yaml.j2").render(**ctx))
+    return [*rbac, _render("gateway-deployment.yaml.j2", ctx), _render("gateway-pdb.yaml.j2", ctx)]
+
+
+def network_policy(ctx: dict[str, Any]) -> Manifest:
+    return _render("networkpolicy.yaml.j2", ctx)
 
 
 def pvc(ctx: dict[str, Any]) -> Manifest:
@@ -305,7 +346,13 @@ def render_all(
         out.append(fetch_job(ctx))
     else:
         out.append(workload(ctx))
+    if spec.gateway_enabled():  # the steady state: the Service selects the gateway pods
+        ctx["service_selector"] = gateway_selector(owner.name)
     out += services(ctx)
     if ctx["replicas"] > 1:
         out.append(pdb(ctx))
+    if spec.gateway_enabled():
+        out += gateway_manifests(ctx)
+        if spec.gateway.network_policy.enabled:
+            out.append(network_policy(ctx))
     return out

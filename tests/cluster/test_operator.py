@@ -179,8 +179,8 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(env: Env) ->
     finally:
         env.op.start()
     env.wait_condition("crash", "Ready", "True", "Ready", timeout=120)
-    assert env.names("Deployment") == {"crash"}
-    assert env.names("PodDisruptionBudget") == {"crash"}
+    assert env.names("Deployment") == {"crash", "crash-gateway"}  # two replicas: the gateway is on by default
+    assert env.names("PodDisruptionBudget") == {"crash", "crash-gateway"}
     assert env.names("PersistentVolumeClaim") == {"crash-weights"}
     assert env.read("Deployment", "crash")["status"]["readyReplicas"] == 2
 

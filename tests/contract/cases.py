@@ -98,7 +98,8 @@ def engine_containers(spec_dict: dict[str, Any]) -> list[Container]:
     out: list[Container] = []
     for m in render.render_all(owner, spec, p, OperatorConfig(), weights_ready=True):
         templates: list[tuple[int, dict[str, Any], dict[str, str]]] = []
-        if m["kind"] == "Deployment":
+        component = m["metadata"]["labels"].get(render.COMPONENT_LABEL)
+        if m["kind"] == "Deployment" and component == "server":  # not the gateway's Deployment
             templates.append((0, m["spec"]["template"], {}))
         if m["kind"] == "LeaderWorkerSet":
             lwt = m["spec"]["leaderWorkerTemplate"]

@@ -43,7 +43,7 @@ def test_scale_subresource_and_printer_columns() -> None:
     version = crd.build_crd()["spec"]["versions"][0]
     assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Ready", "Status", "Model", "Weights", "Queue", "Age", "Endpoint", "Plan"]
+    assert names == ["Ready", "Status", "Model", "Weights", "Queue", "Age", "Endpoint", "Plan", "Gateway"]
 
 
 def test_nested_defaults_reach_the_api_server() -> None:

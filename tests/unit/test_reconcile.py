@@ -183,7 +183,7 @@ def test_an_extra_label_added_by_a_user_is_not_drift() -> None:
 
 def test_scaling_adds_a_pdb_and_removes_it_again() -> None:
     s = _serving()
-    s.set_spec(replicas=2)
+    s.set_spec(replicas=2, gateway={"enabled": False})
     assert _kinds(s.step()) == [("Deployment", "kd"), ("PodDisruptionBudget", "kd")]
     assert _cond(s, "Ready")["status"] == "False"
     s.set_spec(replicas=1)

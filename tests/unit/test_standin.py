@@ -8,6 +8,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -132,3 +133,24 @@ def test_engine_shape_read_from_an_sglang_command_line() -> None:
     cfg = config_from_argv(argv, EngineConfig())
     assert (cfg.model_name, cfg.tp_size, cfg.dp_size, cfg.ep_size) == ("kimi-k2.5-x", 16, 8, 16)
     assert config_from_argv(["--tp", "8", "--dp", "3"], EngineConfig()).dp_size == 1  # inconsistent: ignored
+
+
+def test_prefix_cache_reports_reuse_like_sglang(engine: StandinEngine) -> None:
+    def chat(content: str) -> dict[str, Any]:
+        req = urllib.request.Request(
+            engine.url + "/v1/chat/completions",
+            data=json.dumps({"messages": [{"role": "user", "content": content}]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            out: dict[str, Any] = json.loads(resp.read())
+            return out
+
+    system = " ".join(f"w{i}" for i in range(90))
+    assert chat(system + " first question")["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    second = chat(system + " second one")["usage"]
+    assert (second["prompt_tokens"], second["prompt_tokens_details"]["cached_tokens"]) == (92, 90)
+    assert (engine.prompt_tokens_total, engine.cached_tokens_total) == (184, 90)
+    _, body, _ = get(engine.url + "/metrics")
+    line = next(ln for ln in body.decode().splitlines() if ln.startswith("sglang:cache_hit_rate{"))
+    assert float(line.rsplit(" ", 1)[1]) == pytest.approx(90 / 184)

@@ -104,6 +104,17 @@ field manager kimi-operator). Used by the ClusterRole, or by a Role per watched 
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
+{{- /* The gateway: its ServiceAccount, a Role granting pods get/list/watch (which the operator holds itself, so
+no bind or escalate verb is needed) and its RoleBinding; the engines' NetworkPolicy. Read by list, never watched. */}}
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["list", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]

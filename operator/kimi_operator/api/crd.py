@@ -79,6 +79,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     {"name": "Plan", "type": "string", "jsonPath": ".status.plan.summary", "priority": 1},
+    {
+        "name": "Gateway",
+        "type": "string",
+        "jsonPath": ".status.gateway.summary",
+        "priority": 1,
+        "description": "Whether a gateway serves, and the workers it sees",
+    },
 ]
 
 

@@ -380,6 +380,66 @@ class AutoscalingSpec(ApiModel):
         return self
 
 
+class NetworkPolicySpec(ApiModel):
+    """Engine pods accept traffic only from the gateway, their own replica group and metrics scrapers."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Render a NetworkPolicy for the engine pods while the gateway serves (opt-out).",
+    )
+    metrics_from: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=16,
+        description="NetworkPolicyPeers allowed to reach the engines' HTTP port for /metrics (core/v1 "
+        "NetworkPolicyPeer). Default: pods labelled app.kubernetes.io/name=kimi-operator (the operator's "
+        "autoscaler) or app.kubernetes.io/name=prometheus, in any namespace.",
+    )
+
+
+class GatewaySpec(ApiModel):
+    """The cache-aware gateway (SGLang Model Gateway) in front of the replicas; the Service points at it."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Default: on when replicas > 1 or autoscaling is enabled, off for one fixed replica.",
+    )
+    policy: Literal["cache_aware", "round_robin", "power_of_two"] = Field(
+        default="cache_aware",
+        description="Routing policy: cache_aware sends requests sharing a prefix to the replica that cached it "
+        "(and balances load when replicas are uneven); round_robin; power_of_two (less loaded of two).",
+    )
+    replicas: int = Field(default=2, ge=1, le=16, description="Gateway pods (a PodDisruptionBudget keeps one up).")
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Image with the pinned sglang-router (python3 -m sglang_router). Default: the operator's "
+        "gateway image, else the engine image.",
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description="Requests/limits of the gateway container (core/v1 ResourceRequirements). Default: 1 CPU, "
+        "1Gi requested.",
+    )
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+
+
+class ApiKeySecretRef(ApiModel):
+    """A key in a Secret in the KimiDeployment's namespace holding the API key clients must send."""
+
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+    key: str = Field(default="api-key", min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class AuthSpec(ApiModel):
+    """Client authentication: `Authorization: Bearer <key>` on the OpenAI endpoints."""
+
+    api_key_secret_ref: ApiKeySecretRef | None = Field(
+        default=None,
+        description="The API key; it reaches the gateway and the engines through the environment from the "
+        "Secret, never through command lines, status, Events or logs. /health, readiness and /metrics stay open.",
+    )
+
+
 class KimiDeploymentSpec(ApiModel):
     """Desired state of a KimiDeployment."""
 
@@ -391,6 +451,14 @@ class KimiDeploymentSpec(ApiModel):
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+
+    def gateway_enabled(self) -> bool:
+        """The gateway runs when asked, or by default when more than one replica may serve."""
+        if self.gateway.enabled is not None:
+            return self.gateway.enabled
+        return self.replicas > 1 or self.autoscaling.enabled
 
     def effective_replicas(self, autoscaler_desired: int | None) -> int:
         """Replicas the workload should have: the autoscaler's decision when it is on, else spec.replicas."""
@@ -476,6 +544,17 @@ class AutoscalerStatus(ApiModel):
     scrape_errors: int | None = None
 
 
+class GatewayStatus(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    enabled: bool | None = None
+    serving: bool | None = Field(default=None, description="The Service points at the gateway.")
+    policy: str | None = None
+    ready: str | None = Field(default=None, description="Ready/desired gateway pods, e.g. 2/2.")
+    workers: int | None = Field(default=None, description="Ready leader pods the gateway discovers.")
+    summary: str | None = Field(default=None, description="GATEWAY column, e.g. cache_aware 2/2, 3 workers.")
+
+
 class KimiDeploymentStatus(ApiModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -492,3 +571,4 @@ class KimiDeploymentStatus(ApiModel):
     weights: WeightsStatus | None = None
     plan: PlanStatus | None = None
     autoscaler: AutoscalerStatus | None = None
+    gateway: GatewayStatus | None = None

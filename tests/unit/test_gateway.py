@@ -1,0 +1,214 @@
+"""The gateway: when it runs, what it runs, and how the Service moves to it and back without losing backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kimi_operator import gateway, render
+from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.reconcile import ready_leaders
+
+from .test_reconcile import Server, _serving
+
+GATEWAY_SEL = {
+    "app.kubernetes.io/name": "kimi",
+    "app.kubernetes.io/instance": "kd",
+    "app.kubernetes.io/component": "gateway",
+}
+GATEWAY_KINDS = [
+    ("Deployment", "kd-gateway"),
+    ("PodDisruptionBudget", "kd-gateway"),
+    ("Role", "kd-gateway"),
+    ("RoleBinding", "kd-gateway"),
+    ("ServiceAccount", "kd-gateway"),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "on"),
+    [
+        ({}, False),
+        ({"replicas": 2}, True),
+        ({"autoscaling": {"enabled": True, "maxReplicas": 3}}, True),
+        ({"gateway": {"enabled": True}}, True),
+        ({"replicas": 4, "gateway": {"enabled": False}}, False),
+    ],
+)
+def test_the_gateway_is_on_by_default_only_when_more_than_one_replica_may_serve(spec: dict[str, Any], on: bool) -> None:
+    assert KimiDeploymentSpec.model_validate(spec).gateway_enabled() is on
+
+
+def test_gateway_command_discovers_ready_leaders_and_carries_no_key() -> None:
+    spec = KimiDeploymentSpec.model_validate({"replicas": 2, "gateway": {"policy": "round_robin"}})
+    cmd = gateway.command(spec, "ns", render.selector("kd"))
+    assert cmd[:3] == ["python3", "-c", gateway.LAUNCHER]
+    args = cmd[3:]
+    assert args[args.index("--policy") + 1] == "round_robin"
+    assert "--service-discovery" in args
+    sel = args[args.index("--selector") + 1 : args.index("--service-discovery-port")]
+    assert sel == ["app.kubernetes.io/name=kimi", "app.kubernetes.io/instance=kd", "app.kubernetes.io/component=server"]
+    assert args[args.index("--service-discovery-port") + 1] == "8000"
+    assert args[args.index("--service-discovery-namespace") + 1] == "ns"
+    assert "--api-key" not in args
+
+
+def _by_kind(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+
+
+def _render(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    s = Server(spec)
+    s.step()
+    s.job_succeeds()
+    s.step()
+    return _by_kind(list(s.children.values()))
+
+
+def test_api_key_reaches_gateway_and_engines_only_through_secret_key_refs() -> None:
+    objs = _render({"replicas": 2, "auth": {"apiKeySecretRef": {"name": "kimi-key"}}})
+    ref = {"secretKeyRef": {"name": "kimi-key", "key": "api-key"}}
+    gw = objs[("Deployment", "kd-gateway")]["spec"]["template"]["spec"]["containers"][0]
+    engine = objs[("Deployment", "kd")]["spec"]["template"]["spec"]["containers"][0]
+    for c in (gw, engine):
+        assert {"name": gateway.API_KEY_ENV, "valueFrom": ref} in c["env"]
+        assert "--api-key" not in c["command"]
+    assert engine["command"][:3] == ["python3", "-c", gateway.ENGINE_LAUNCHER]
+    assert engine["command"][3] == "--model-path"  # SGLang's own arguments follow, unchanged
+    # probes stay on /health (SGLang and the gateway never ask a key there)
+    assert engine["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert gw["readinessProbe"]["httpGet"]["path"] == "/readiness"
+
+
+def test_engine_command_without_auth_is_sglangs_own() -> None:
+    engine = _render({})[("Deployment", "kd")]["spec"]["template"]["spec"]["containers"][0]
+    assert engine["command"][:3] == ["python3", "-m", "sglang.launch_server"]
+
+
+def test_gateway_rbac_is_pod_discovery_in_its_namespace_owned_by_the_kd() -> None:
+    objs = _render({"replicas": 2})
+    role = objs[("Role", "kd-gateway")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    binding = objs[("RoleBinding", "kd-gateway")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kd-gateway", "namespace": "ns"}]
+    for key in GATEWAY_KINDS:
+        assert objs[key]["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    pod = objs[("Deployment", "kd-gateway")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "kd-gateway"
+    assert "nodeSelector" not in pod, "the gateway needs no GPU node"
+    assert objs[("PodDisruptionBudget", "kd-gateway")]["spec"]["maxUnavailable"] == 1
+
+
+def _gateway_ready(s: Server, ready: int) -> None:
+    dep = s.children[("Deployment", "kd-gateway")]
+    dep["status"] = {"readyReplicas": ready, "replicas": dep["spec"]["replicas"]}
+
+
+def _service_selector(s: Server) -> dict[str, str]:
+    sel: dict[str, str] = s.children[("Service", "kd")]["spec"]["selector"]
+    return sel
+
+
+def test_turning_the_gateway_on_moves_the_service_only_once_a_gateway_pod_is_ready() -> None:
+    s = _serving()
+    s.set_spec(replicas=2)
+    applied = {(m["kind"], m["metadata"]["name"]) for m in s.step().apply}
+    assert set(GATEWAY_KINDS) <= applied
+    assert _service_selector(s) == render.selector("kd"), "no gateway pod is ready: the engines keep serving"
+    assert ("NetworkPolicy", "kd-engines") not in s.children, "the engines still take client traffic"
+    assert s.body["status"]["gateway"]["serving"] is False
+    s.step()
+    assert _service_selector(s) == render.selector("kd")
+    _gateway_ready(s, 1)
+    s.step()
+    assert _service_selector(s) == GATEWAY_SEL
+    assert ("NetworkPolicy", "kd-engines") in s.children
+    s.step()
+    status = s.body["status"]["gateway"]
+    assert status["serving"] is True and status["ready"] == "1/2"
+    # the gateway losing its ready pods does not flap the Service back and forth
+    _gateway_ready(s, 0)
+    s.step()
+    assert _service_selector(s) == GATEWAY_SEL
+
+
+def test_turning_the_gateway_off_moves_the_service_back_before_the_gateway_goes() -> None:
+    s = _serving()
+    s.set_spec(replicas=2)
+    s.step()
+    _gateway_ready(s, 2)
+    s.step()
+    s.step()
+    assert _service_selector(s) == GATEWAY_SEL
+    s.set_spec(gateway={"enabled": False})
+    actions = s.step()
+    assert _service_selector(s) == render.selector("kd")
+    assert ("Deployment", "kd-gateway") in s.children, "the gateway stays until the Service has moved"
+    assert actions.delete == [("NetworkPolicy", "kd-engines")]
+    actions = s.step()
+    assert sorted(actions.delete) == GATEWAY_KINDS
+    s.step()
+    assert s.body["status"]["gateway"] == {"enabled": False, "serving": False, "summary": "off"}
+    assert s.step().writes == 0
+
+
+def test_status_counts_ready_leaders_as_the_gateways_workers() -> None:
+    def pod(name: str, component: str, ready: bool) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/component": component}},
+            "status": {
+                "phase": "Running",
+                "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            },
+        }
+
+    pods = [pod("a", "server", True), pod("b", "server", False), pod("c", "worker", True), pod("d", "server", True)]
+    assert ready_leaders(pods) == 2
+
+
+def test_network_policy_admits_the_gateway_the_group_and_the_scrapers() -> None:
+    s = _serving()
+    s.set_spec(replicas=2)
+    s.step()
+    _gateway_ready(s, 1)
+    s.step()
+    np = s.children[("NetworkPolicy", "kd-engines")]["spec"]
+    exprs = np["podSelector"]["matchExpressions"]
+    assert {"key": "app.kubernetes.io/component", "operator": "In", "values": ["server", "worker"]} in exprs
+    gw_rule, group_rule, metrics_rule = np["ingress"]
+    assert gw_rule["from"] == [{"podSelector": {"matchLabels": GATEWAY_SEL}}]
+    assert gw_rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert "ports" not in group_rule, "multi-node rendezvous (NCCL, torch distributed) uses many ports"
+    assert metrics_rule["from"] == gateway.default_metrics_peers()
+
+
+def test_network_policy_is_opt_out() -> None:
+    s = _serving()
+    s.set_spec(replicas=2, gateway={"networkPolicy": {"enabled": False}})
+    s.step()
+    _gateway_ready(s, 1)
+    s.step()
+    s.step()
+    assert _service_selector(s) == GATEWAY_SEL
+    assert ("NetworkPolicy", "kd-engines") not in s.children
+
+
+@pytest.mark.parametrize(
+    ("wanted", "ready", "current", "target", "keep"),
+    [
+        (True, 0, None, "engines", True),
+        (True, 0, "engines", "engines", True),
+        (True, 1, "engines", "gateway", True),
+        (True, 0, "gateway", "gateway", True),
+        (False, 2, "gateway", "engines", True),
+        (False, 2, "engines", "engines", False),
+        (False, 0, None, "engines", False),
+    ],
+)
+def test_service_target_never_leaves_the_service_without_backends(
+    wanted: bool, ready: int, current: gateway.ServiceTarget | None, target: str, keep: bool
+) -> None:
+    decision = gateway.service_target(wanted, ready, current)
+    assert (decision.target, decision.keep_gateway) == (target, keep)
