@@ -130,3 +130,11 @@ def test_every_cross_field_rule_has_cel_and_the_python_rules_agree_with_the_exam
     assert all(r.cel and r.message for r in rules.RULES)
     assert rules.name_problem("kimi-k25") is None
     assert rules.name_problem("my.model") and rules.name_problem("a" * 50) and rules.name_problem("9lives")
+
+
+@pytest.mark.parametrize("revision", ["main/../../etc", "a//b", "x/", "v1.lock"])
+def test_a_revision_that_could_leave_its_directory_is_refused(revision: str) -> None:
+    with pytest.raises(ValidationError, match="git ref name"):
+        KimiDeploymentSpec.model_validate({"model": {"revision": revision}})
+    for ok in ("main", "v1.0", "refs/pr/1", "0" * 40):
+        KimiDeploymentSpec.model_validate({"model": {"revision": ok}})

@@ -86,6 +86,13 @@ class ModelSpec(ApiModel):
         description="Hugging Face token for gated repos; never copied into args, logs or status.",
     )
 
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ModelSpec:
+        broken = rules.failures("spec.model", self)
+        if broken:
+            raise ValueError("\n".join(broken))
+        return self
+
 
 class WeightsSpec(ApiModel):
     """The cache volume that holds the checkpoint. Downloaded once, mounted read-only by the serving pods."""

@@ -48,6 +48,16 @@ def _quoted(names: Any) -> str:
 
 RULES: tuple[Rule, ...] = (
     Rule(
+        "spec.model",
+        "!self.revision.contains('..') && !self.revision.contains('//') && !self.revision.endsWith('/') "
+        "&& !self.revision.endsWith('.lock')",
+        "model.revision must be a git ref name (a branch, tag or commit): no '..' or '//', not ending in '/' or "
+        "'.lock'; it names a directory on the weights volume",
+        lambda m: (
+            not (".." in m.revision or "//" in m.revision or m.revision.endswith("/") or m.revision.endswith(".lock"))
+        ),
+    ),
+    Rule(
         "spec.engine.env",
         f"self.all(e, !(e.name in {_quoted(OWNED_ENV)}))",
         "engine.env: the operator sets HF_HUB_OFFLINE, HF_HOME, HF_MODULES_CACHE, SGLANG_HEALTH_CHECK_TIMEOUT, "
