@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# make demo: a local control plane with simulated 8x H200 nodes, the CRD, the operator, and
-# examples/kimi-k2.5-h200.yaml going Ready. What is simulated: the GPUs and the containers (kwok marks pods
-# Running/Ready and completes the weights Job, so no bytes are downloaded), the storage (a hostPath PV pre-bound to
-# the weights claim), the Hugging Face Hub (a Hub stand-in, a test double, resolves the revision to a commit) and
-# SGLang itself (a stand-in engine, a test double, answers on each serving pod's IP).
-# Everything else - API server, controller manager, scheduler, the operator - is real.
+# make demo: the chart and examples/kimi-k2.5-h200.yaml on a local control plane with a REAL node.
+#
+# Real: etcd, kube-apiserver, controller-manager, scheduler, the real node (kubelet + containerd + runc + CNI), the
+# operator image built from images/operator/Dockerfile and installed with `helm install charts/kimi-operator`, its
+# pods, the weights fetch Job's pod downloading into a hostPath volume on this machine, the serving pod mounting
+# what it wrote, the kubelet's probes, the Service's endpoints.
+# Simulated, and said on screen: the GPUs (a device plugin of the test bed advertises 8 nvidia.com/gpu; no GPU is
+# behind them; kwok nodes beside the real node), SGLang (the standin-engine image, a TEST DOUBLE that answers like
+# `python3 -m sglang.launch_server` without a model and simulates a weight load), the Hugging Face Hub (a Hub
+# stand-in, a TEST DOUBLE on this machine serving a generated ~50 MB checkpoint under the example's repo id,
+# throttled so the download can be watched).
 #
 #   make demo            run it, show the result, stop everything
 #   KEEP=1 make demo     leave it running; stop later with: make demo-down
+# Knobs: CLUSTER (demo), RATE_MBPS (2: Hub stand-in bandwidth), LOAD_SECONDS (15: the stand-in's simulated load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${CLUSTER:-demo}
@@ -16,86 +22,149 @@ export PYTHONPATH="$PWD/hack:$PWD/operator"
 DIR=.cluster/$NAME
 KCFG=$DIR/kubeconfig
 EXAMPLE=${EXAMPLE:-examples/kimi-k2.5-h200.yaml}
+RATE_MBPS=${RATE_MBPS:-2}
+LOAD_SECONDS=${LOAD_SECONDS:-15}
+OP_NS=kimi-system
+REAL_LABEL=kimi-testbed.dev/node-kind
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+sim() { printf '\033[33m   [simulated] %s\033[0m\n' "$*"; }
 
 if [ "${1:-}" = "down" ]; then
-  for f in "$DIR/operator.pid" "$DIR/standin.pid" "$DIR/hub.pid"; do
-    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
-    rm -f "$f"
-  done
+  if [ -f "$DIR/hub.pid" ]; then kill "$(cat "$DIR/hub.pid")" 2>/dev/null || true; rm -f "$DIR/hub.pid"; fi
   "$PY" -m kimi_testbed.cluster down --name "$NAME"
+  rm -rf "/tmp/kimi-testbed/demo-$NAME"
   exit 0
 fi
 
+T0=$SECONDS
 BIN=$(bash hack/build-bins.sh | tail -n 1)
-say "1/5 local control plane '$NAME' (etcd, kube-apiserver, controller-manager, scheduler, kwok, LWS)"
-"$PY" -m kimi_testbed.cluster up --name "$NAME"
+say "0/6 host packages for the real node and the images (cached after the first run)"
+bash hack/node/install.sh
+"$PY" -m kimi_testbed.images build
+"$PY" -m kimi_testbed.images list 2>/dev/null | sed 's/^/   /' || true
+
+say "1/6 local control plane '$NAME' with kwok GPU nodes and one REAL node (kubelet + containerd + runc)"
+"$PY" -m kimi_testbed.cluster up --name "$NAME" --real-node
 k() { "$BIN/kubectl" --kubeconfig "$KCFG" "$@"; }
+helm() { "$BIN/helm" --kubeconfig "$KCFG" "$@"; }
 
 cleanup() {
+  rc=$?
   if [ "${KEEP:-0}" = "1" ]; then
     say "left running. kubectl: $BIN/kubectl --kubeconfig $KCFG ; stop with: make demo-down"
     return
   fi
   say "stopping (KEEP=1 make demo leaves it running)"
   bash hack/demo.sh down >/dev/null 2>&1 || true
+  exit $rc
 }
 trap cleanup EXIT
 
-say "2/5 CRD and simulated storage"
-k apply --server-side --force-conflicts -f crds/ >/dev/null
-k wait --for condition=Established --timeout=60s crd/kimideployments.kimi-operator.dev
-KD_NAME=$("$PY" -c "import yaml,sys; print(next(d for d in yaml.safe_load_all(open('$EXAMPLE')) if d)['metadata']['name'])")
-k apply -f - >/dev/null <<PV
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: demo-${KD_NAME}-weights}
-spec:
-  capacity: {storage: 2Ti}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {path: /tmp/kimi-demo-weights}
-  claimRef: {namespace: default, name: ${KD_NAME}-weights}
-PV
-echo "PersistentVolume demo-${KD_NAME}-weights (hostPath, simulated) pre-bound to default/${KD_NAME}-weights"
+# the real node's address (the bridge), and the images imported into its containerd
+read -r NODE_IP OP_IMAGE ENGINE_IMAGE < <("$PY" - "$KCFG" <<'PYEOF'
+import sys
+from pathlib import Path
+from kimi_testbed.cluster import Cluster
+from kimi_testbed.realnode import NodeHandle
+c = Cluster.from_kubeconfig(Path(sys.argv[1]))
+assert c is not None and c.real_node, "the cluster has no real node"
+node = NodeHandle(c.real_node)
+print(node.node_ip, node.ensure_image("operator"), node.ensure_image("standin-engine"))
+PYEOF
+)
+k get nodes -L "$REAL_LABEL" -o custom-columns='NAME:.metadata.name,KIND:.metadata.labels.kimi-testbed\.dev/node-kind,GPUS:.status.allocatable.nvidia\.com/gpu,READY:.status.conditions[?(@.type=="Ready")].status'
+sim "GPUs: nvidia.com/gpu: 8 on every node comes from a device plugin (real node) or kwok; no GPU is behind them"
 
-say "3/5 operator (kimi-operator run), Hub stand-in and stand-in engines (test doubles for the Hub and SGLang)"
-nohup "$PY" -m kimi_testbed.hub --repo moonshotai/Kimi-K2.5 --shards 2 --shard-mb 1 >"$DIR/hub.log" 2>&1 &
+say "2/6 Hub stand-in (TEST DOUBLE for huggingface.co) at $NODE_IP, throttled to $RATE_MBPS MB/s"
+nohup "$PY" -m kimi_testbed.hub --repo moonshotai/Kimi-K2.5 --shards 12 --shard-mb 4 --host "$NODE_IP" \
+  --bandwidth-mbps "$RATE_MBPS" >"$DIR/hub.log" 2>&1 &
 echo $! >"$DIR/hub.pid"
-for _ in $(seq 1 50); do grep -q '^export HF_ENDPOINT=' "$DIR/hub.log" 2>/dev/null && break; sleep 0.2; done
+for _ in $(seq 1 100); do grep -q '^export HF_ENDPOINT=' "$DIR/hub.log" 2>/dev/null && break; sleep 0.2; done
 HF_ENDPOINT=$(sed -n 's/^export HF_ENDPOINT=//p' "$DIR/hub.log")
-echo "Hub stand-in at $HF_ENDPOINT"
-HF_ENDPOINT=$HF_ENDPOINT KUBECONFIG=$KCFG KIMI_METRICS_PORT=0 KIMI_RESYNC_SECONDS=10 \
-  nohup "$PY" -m kimi_operator.cli run --liveness http://127.0.0.1:0/healthz >"$DIR/operator.log" 2>&1 &
-echo $! >"$DIR/operator.pid"
-nohup "$PY" -m kimi_testbed.harness --kubeconfig "$KCFG" --namespace default \
-  --selector app.kubernetes.io/component=server --port 8000 >"$DIR/standin.log" 2>&1 &
-echo $! >"$DIR/standin.pid"
-echo "operator log: $DIR/operator.log   stand-in log: $DIR/standin.log"
+[ -n "$HF_ENDPOINT" ] || { cat "$DIR/hub.log"; exit 1; }
+sim "Hugging Face Hub: $(head -n 1 "$DIR/hub.log") at $HF_ENDPOINT"
 
-say "4/5 kubectl apply -f $EXAMPLE"
-k apply -f "$EXAMPLE"
-"$PY" operator/kimi_operator/cli.py plan -f "$EXAMPLE" 2>/dev/null || .venv/bin/kimi-operator plan -f "$EXAMPLE"
+say "3/6 helm install charts/kimi-operator with the operator image built here ($OP_IMAGE)"
+cat >"$DIR/values.yaml" <<VALUES
+image: {repository: ${OP_IMAGE%:*}, tag: "${OP_IMAGE##*:}", pullPolicy: Never}  # no registry: imported into containerd
+nodeSelector: {$REAL_LABEL: real}
+tolerations: [{key: $REAL_LABEL, operator: Equal, value: real, effect: NoSchedule}]
+# the real node has this machine's CPUs, and the fetch Job's pod requests 2 cores: the operator requests none
+resources: {requests: {cpu: "0", memory: 128Mi}, limits: {cpu: "1", memory: 512Mi}}
+operator:
+  engineImage: $ENGINE_IMAGE  # the SGLang TEST DOUBLE
+  hfEndpoint: $HF_ENDPOINT    # the Hub TEST DOUBLE
+VALUES
+sed 's/^/   /' "$DIR/values.yaml"
+t=$SECONDS
+helm install kimi-operator charts/kimi-operator -n "$OP_NS" --create-namespace -f "$DIR/values.yaml" --wait --timeout 180s
+echo "operator Ready $((SECONDS - t)) s after helm install"
+k get pods -n "$OP_NS" -o wide
 
-say "5/5 waiting for Ready (kubectl get kd)"
-last=""
-for _ in $(seq 1 150); do
-  line=$(k get kd "$KD_NAME" --no-headers 2>/dev/null || true)
-  if [ "$line" != "$last" ]; then k get kd "$KD_NAME" -o wide 2>/dev/null | sed -n "$([ -z "$last" ] && echo 1,2p || echo 2p)"; last=$line; fi
-  reason=$(k get kd "$KD_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
-  [ "$reason" = "True" ] && break
+say "4/6 kubectl apply -f $EXAMPLE (+ only the real node's toleration and label, and the stand-in's load time)"
+KD_NAME=$("$PY" -c "import yaml; print(next(d for d in yaml.safe_load_all(open('$EXAMPLE')) if d)['metadata']['name'])")
+# the test bed has no storage provisioner: a hostPath PersistentVolume on the real node, bound to the claim
+"$PY" - "$KD_NAME" "$NAME" <<'PYEOF' | k apply -f - >/dev/null
+import os, sys, yaml
+from kimi_testbed import storage
+from kimi_operator import render
+claim = f"{sys.argv[1]}-weights"
+path = storage.HOSTPATH_ROOT / f"demo-{sys.argv[2]}" / claim
+path.mkdir(parents=True, exist_ok=True)
+os.chown(path, render.FETCH_UID, render.FETCH_UID)
+pv = storage.node_local_pv("default", claim, {"kimi-testbed.dev/node-kind": "real"}, path)
+pv["metadata"]["name"] = f"demo-{claim}"
+print(yaml.safe_dump(pv))
+PYEOF
+sim "storage: PersistentVolume demo-${KD_NAME}-weights is a hostPath directory on this machine"
+"$PY" - "$EXAMPLE" "$LOAD_SECONDS" >"$DIR/example.yaml" <<'PYEOF'
+import sys, yaml
+obj = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d)
+topo = obj["spec"].setdefault("topology", {})
+topo.setdefault("tolerations", []).append(
+    {"key": "kimi-testbed.dev/node-kind", "operator": "Equal", "value": "real", "effect": "NoSchedule"})
+topo.setdefault("nodeSelector", {})["kimi-testbed.dev/node-kind"] = "real"
+engine = obj["spec"].setdefault("engine", {})
+engine.setdefault("env", []).append({"name": "KIMI_STANDIN_LOAD_SECONDS", "value": sys.argv[2]})
+print(yaml.safe_dump(obj, sort_keys=False))
+PYEOF
+diff <(grep -v '^#' "$EXAMPLE" | "$PY" -c 'import sys,yaml; print(yaml.safe_dump(yaml.safe_load(sys.stdin), sort_keys=False))') \
+  "$DIR/example.yaml" | sed 's/^/   /' || true
+T_APPLY=$SECONDS
+k apply -f "$DIR/example.yaml"
+sim "SGLang: the serving pod runs the standin-engine image (a TEST DOUBLE), simulating a ${LOAD_SECONDS} s weight load"
+
+say "5/6 kubectl get kd $KD_NAME, every 2 s: WEIGHTS climbs as bytes land on the volume, then the engine loads"
+k get kd "$KD_NAME" | head -n 1 | sed 's/^/         /'
+last="" ready="" t_weights=""
+for _ in $(seq 1 200); do
+  row=$(k get kd "$KD_NAME" --no-headers 2>/dev/null || true)
+  pods=$(k get pods -l app.kubernetes.io/instance="$KD_NAME" --no-headers \
+    -o custom-columns='N:.metadata.name,P:.status.phase,R:.status.containerStatuses[0].ready' 2>/dev/null \
+    | awk '{printf "%s %s ready=%s; ", $1, $2, $3}')
+  if [ "$row$pods" != "$last" ]; then printf '%6ss  %s\n         pods: %s\n' "$((SECONDS - T_APPLY))" "$row" "$pods"; last=$row$pods; fi
+  if [ -z "$t_weights" ] && [ "$(k get kd "$KD_NAME" -o jsonpath='{.status.conditions[?(@.type=="WeightsReady")].status}' 2>/dev/null)" = True ]; then
+    t_weights=$((SECONDS - T_APPLY))
+  fi
+  ready=$(k get kd "$KD_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
+  [ "$ready" = "True" ] && break
   sleep 2
 done
-[ "$reason" = "True" ] || { echo "not Ready after 300 s; operator log:"; tail -30 "$DIR/operator.log"; exit 1; }
+[ "$ready" = "True" ] || { echo "not Ready after 400 s"; k logs -n "$OP_NS" -l app.kubernetes.io/component=operator --tail=30; exit 1; }
+echo "WeightsReady ${t_weights:-?} s and Ready $((SECONDS - T_APPLY)) s after kubectl apply"
 
 echo
-k get deploy,pods,svc,pvc,pdb -l app.kubernetes.io/instance="$KD_NAME" -o wide
-POD_IP=$(k get pods -l app.kubernetes.io/instance="$KD_NAME",app.kubernetes.io/component=server -o jsonpath='{.items[0].status.podIP}')
-say "the serving pod's IP $POD_IP answers like SGLang (stand-in engine)"
-for _ in $(seq 1 20); do curl -sf "http://$POD_IP:8000/v1/models" && break; sleep 0.5; done
+k get deploy,pods,svc,pvc,endpointslices -l app.kubernetes.io/instance="$KD_NAME" -o wide 2>/dev/null || k get pods -o wide
+POD=$(k get pods -l app.kubernetes.io/instance="$KD_NAME",app.kubernetes.io/component=server -o jsonpath='{.items[0].metadata.name}')
+POD_IP=$(k get pod "$POD" -o jsonpath='{.status.podIP}')
+PORT=$(k get pod "$POD" -o jsonpath='{.spec.containers[0].ports[?(@.name=="http")].containerPort}')
+say "6/6 one chat completion from the serving pod $POD ($POD_IP:$PORT, on the real node)"
+sim "the answer comes from the standin-engine TEST DOUBLE, not from Kimi K2.5"
+curl -sf "http://$POD_IP:$PORT/v1/chat/completions" -H 'content-type: application/json' \
+  -d '{"model":"moonshotai/Kimi-K2.5","messages":[{"role":"user","content":"hello"}]}' | head -c 400; echo
 echo
-curl -sf "http://$POD_IP:8000/v1/chat/completions" -H 'content-type: application/json' \
-  -d '{"model":"kimi-k2.5","messages":[{"role":"user","content":"hello"}]}' | head -c 400; echo
+echo "kubectl logs $POD:"; k logs "$POD" | tail -n 4 | sed 's/^/   /'
 say "events"
 k get events --field-selector involvedObject.kind=KimiDeployment --sort-by=.lastTimestamp | tail -8
+echo "demo took $((SECONDS - T0)) s"
