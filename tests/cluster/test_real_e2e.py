@@ -16,6 +16,7 @@ Timings (helm install -> operator Ready, apply -> WeightsReady -> Ready) are pri
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import urllib.request
@@ -269,3 +270,32 @@ def test_helm_install_and_the_example_go_ready_with_every_pod_running_on_the_rea
     )
     assert answer["choices"][0]["message"]["content"], answer
     log(f"chat completion answered by {server_name} (pod IP) and via Service {svc['metadata']['name']}'s endpoint")
+
+    # -- helm test: the chart's test pod runs for real on the real node (the operator's tolerations and
+    # nodeSelector) and reads the operator's /metrics. No cluster DNS and no kube-proxy here, so it is pointed at
+    # the metrics Service's endpoint address (tests.metricsUrl), what DNS + a proxy would resolve to.
+    metrics_svc = f"{release.fullname}-metrics"
+
+    def metrics_endpoint() -> str | NotYet:
+        got = kubectl_json(
+            kubectl, "get", "endpointslices", "-n", ns, "-l", f"kubernetes.io/service-name={metrics_svc}"
+        )
+        addrs = [a for s in got["items"] for e in s.get("endpoints") or [] for a in e["addresses"]]
+        ports = [p["port"] for s in got["items"] for p in s.get("ports") or []]
+        return f"http://{addrs[0]}:{ports[0]}/metrics" if addrs and ports else NotYet(got["items"])
+
+    url = wait_for(metrics_endpoint, 60, f"an endpoint of Service {metrics_svc}")
+    release.upgrade("--reuse-values", "--set", f"tests.metricsUrl={url}")
+    t2 = time.monotonic()
+    tested = release.helm.run("test", release.name, "--timeout", "120s", check=False)
+    assert tested.returncode == 0 and re.search(r"Phase:\s+Succeeded", tested.stdout), tested.stdout + tested.stderr
+    # the hook pod is deleted once it succeeded; the scheduler's Event says where it ran
+    test_pod = f"{release.fullname}-test-metrics"
+
+    def scheduled_on() -> str | NotYet:
+        got = kubectl_json(kubectl, "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={test_pod}")
+        msgs = [e.get("message", "") for e in got["items"] if e.get("reason") == "Scheduled"]
+        return msgs[-1] if msgs else NotYet([e.get("reason") for e in got["items"]])
+
+    assert f"to {real_node.name}" in wait_for(scheduled_on, 30, f"the Scheduled event of {test_pod}")
+    log(f"helm test passed on {real_node.name} in {time.monotonic() - t2:.1f}s")
