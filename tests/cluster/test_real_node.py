@@ -208,8 +208,17 @@ def test_logs_exec_and_port_forward_reach_the_container(
         line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:NNNNN -> 8000"
         match = re.search(r"127\.0\.0\.1:(\d+)", line)
         assert match, f"kubectl port-forward said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
-        status, headers, _ = http(f"http://127.0.0.1:{match.group(1)}/health")
-        assert status == 200 and "kimi-testbed-standin" in headers.get("Server", ""), (status, headers)
+        local = f"http://127.0.0.1:{match.group(1)}/health"
+
+        def forwarded() -> tuple[int, dict[str, str]] | NotYet:
+            try:
+                status, headers, _ = http(local)
+            except OSError as err:  # the stand-in may not listen yet: the pod has no readiness probe
+                return NotYet(str(err))
+            return (status, headers) if status == 200 else NotYet(f"HTTP {status}")
+
+        status, headers = wait_for(forwarded, 60, f"{local} answering through kubectl port-forward")
+        assert "kimi-testbed-standin" in headers.get("Server", ""), (status, headers)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -269,8 +278,16 @@ def test_service_gets_an_endpointslice_with_the_real_pod_ip(
 
     addresses = wait_for(ready_endpoint, 30, "a ready endpoint in the Service's EndpointSlice")
     assert addresses == [pod.status.pod_ip]
-    status, _, _ = http(f"http://{pod.status.pod_ip}:{PORT}/health")  # the pod IP answers from this machine
-    assert status == 200
+
+    def answers() -> bool | NotYet:
+        # the pod has no readiness probe, so Ready comes before the stand-in listens: wait for it to answer
+        try:
+            status, _, _ = http(f"http://{pod.status.pod_ip}:{PORT}/health")
+        except OSError as err:
+            return NotYet(str(err))
+        return status == 200 or NotYet(f"HTTP {status}")
+
+    wait_for(answers, 60, f"the pod IP {pod.status.pod_ip} answering /health from this machine")
 
 
 # -- the probes, preStop and termination grace the operator renders, run by the real kubelet --------------------
