@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "operator" / "kimi_operator" / "engine" / "sglang_flags.py"
 
 
-def canonical() -> dict[str, str]:
-    """dest -> the action's first option string (how sglang's own help names it)."""
+def _parser() -> argparse.ArgumentParser:
+    """sglang's own parser, built as prepare_server_args builds it (torch import-stubbed)."""
     sys.path.insert(0, str(ROOT))
     from tests.contract import torch_stub
 
@@ -27,6 +27,11 @@ def canonical() -> dict[str, str]:
 
     parser = argparse.ArgumentParser(prog="sglang serve")
     server_args.ServerArgs.add_cli_args(parser)
+    return parser
+
+
+def canonical(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the action's first option string (how sglang's own help names it)."""
     out: dict[str, str] = {}
     for action in parser._actions:
         if action.option_strings and action.dest not in out and action.dest != "help":
@@ -34,15 +39,7 @@ def canonical() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def options() -> dict[str, str]:
-    sys.path.insert(0, str(ROOT))
-    from tests.contract import torch_stub
-
-    torch_stub.install()
-    from sglang.srt import server_args
-
-    parser = argparse.ArgumentParser(prog="sglang serve")
-    server_args.ServerArgs.add_cli_args(parser)
+def options(parser: argparse.ArgumentParser) -> dict[str, str]:
     out: dict[str, str] = {}
     for action in parser._actions:
         for option in action.option_strings:
@@ -82,7 +79,8 @@ def main() -> int:
     torch_stub.install()
     from sglang.version import __version__
 
-    text = render(__version__, options(), canonical())
+    parser = _parser()
+    text = render(__version__, options(parser), canonical(parser))
     if "--check" in sys.argv[1:]:
         if TARGET.read_text() != text:
             print(f"{TARGET} is stale: run hack/gen_sglang_flags.py", file=sys.stderr)

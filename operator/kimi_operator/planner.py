@@ -56,6 +56,12 @@ class PlanError(Exception):
         self.message = message
 
 
+def parallelism_label(tp: int, pp: int, ep: int, dp: int) -> str:
+    """E.g. "TP8 PP2" or "TP8 DPattn8": the parallel degrees above 1 (TP always)."""
+    parts = [f"TP{tp}"] + [f"{name}{n}" for name, n in (("PP", pp), ("EP", ep), ("DPattn", dp)) if n > 1]
+    return " ".join(parts)
+
+
 class Layout(BaseModel):
     """One candidate replica layout with its numbers (a row of `kimi-operator plan`)."""
 
@@ -80,14 +86,7 @@ class Layout(BaseModel):
 
     @property
     def label(self) -> str:
-        parts = [f"TP{self.tp}"]
-        if self.pp > 1:
-            parts.append(f"PP{self.pp}")
-        if self.ep > 1:
-            parts.append(f"EP{self.ep}")
-        if self.dp > 1:
-            parts.append(f"DPattn{self.dp}")
-        return " ".join(parts)
+        return parallelism_label(self.tp, self.pp, self.ep, self.dp)
 
 
 class Plan(BaseModel):
@@ -145,14 +144,7 @@ class Plan(BaseModel):
             if self.gpus_per_replica >= self.gpus_per_node
             else f"{self.gpus_per_replica}/{self.gpus_per_node}"
         )
-        parts = [f"{size} {self.accelerator}", f"TP{self.tp}"]
-        if self.pp > 1:
-            parts.append(f"PP{self.pp}")
-        if self.ep > 1:
-            parts.append(f"EP{self.ep}")
-        if self.dp > 1:
-            parts.append(f"DPattn{self.dp}")
-        return " ".join(parts)
+        return f"{size} {self.accelerator} {parallelism_label(self.tp, self.pp, self.ep, self.dp)}"
 
 
 @dataclass(frozen=True)

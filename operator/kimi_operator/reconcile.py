@@ -24,6 +24,20 @@ from kimi_operator.weights import COMMIT_RE, FetchProgress, format_progress, pro
 Manifest = dict[str, Any]
 ChildKey = tuple[str, str]  # (kind, name)
 
+# Container states a pod does not leave by itself: each needs a person (a fixed image name, a Secret, a command).
+FAILING_CONTAINER_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
+
 # Reasons that are worth a Warning event (something a person must act on, or wait for with concern).
 WARNING_REASONS = frozenset(
     {
@@ -45,14 +59,8 @@ WARNING_REASONS = frozenset(
         "VolumeTooSmall",
         "InvalidTopology",
         "ApplyFailed",
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-        "CrashLoopBackOff",
     }
+    | FAILING_CONTAINER_REASONS
 )
 CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready", "ScalingActive")
 LWS_MIN_VERSION = "v0.9.0"
@@ -359,20 +367,6 @@ def _unschedulable(pods: list[Manifest]) -> str | None:
             if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
                 return str(cond.get("message", "no node fits the pod"))
     return None
-
-
-# Container states a pod does not leave by itself: each needs a person (a fixed image name, a Secret, a command).
-FAILING_CONTAINER_REASONS = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-        "CrashLoopBackOff",
-    }
-)
 
 
 def failing_pod(pods: list[Manifest]) -> tuple[str, str] | None:
