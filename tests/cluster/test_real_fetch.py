@@ -12,6 +12,7 @@ checkpoint on the host at the real node's bridge address, throttled where a test
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -333,6 +334,9 @@ def test_a_corrupted_shard_on_the_volume_is_detected_and_fetched_again(env: Env,
     with (snap / shard).open("r+b") as f:  # a few flipped bytes in the middle: the size stays the same
         f.seek(wanted(hub)[shard].size // 2)
         f.write(b"\x00corrupt\x00")
+    # what any later write does to a file: its mtime moves on (made certain, not left to the clock's granularity)
+    st = (snap / shard).stat()
+    os.utime(snap / shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
     assert sha256(snap / shard) != wanted(hub)[shard].sha256
 
     # The deployment is deleted and re-created (the volume is retained): its fetch Job checks what is there.
