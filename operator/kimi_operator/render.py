@@ -199,6 +199,22 @@ def _resources(plan: Plan, spec: KimiDeploymentSpec, node_allocatable: tuple[int
     return {"requests": requests, "limits": limits}
 
 
+FETCH_RESOURCES: dict[str, dict[str, str]] = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+
+
+def fetch_resources(spec: KimiDeploymentSpec) -> dict[str, dict[str, str]]:
+    """The fetch pod's requests/limits: weights.fetchResources merged key by key over FETCH_RESOURCES (so a small
+    node can lower the CPU request without restating the memory limit)."""
+    extra = spec.weights.fetch_resources
+    if extra is None:
+        return {part: dict(values) for part, values in FETCH_RESOURCES.items()}
+    limits = {**FETCH_RESOURCES["limits"], **extra.limits}
+    # a resource the user limits without requesting gets Kubernetes' own default (request = limit), never a
+    # default request above the user's limit
+    defaults = {k: v for k, v in FETCH_RESOURCES["requests"].items() if k not in extra.limits}
+    return {"requests": {**defaults, **extra.requests}, "limits": limits}
+
+
 def _node_selector(plan: Plan, spec: KimiDeploymentSpec) -> dict[str, str]:
     sel = dict(spec.topology.node_selector)
     if plan.gpu_product_label_key not in sel:
@@ -249,6 +265,7 @@ def context(
         ],
         "hf_endpoint": config.hf_endpoint,
         "fetch_uid": FETCH_UID,
+        "fetch_resources": fetch_resources(spec),
         "operator_image_pull_policy": config.operator_image_pull_policy,
         "env": sglang.env(plan, spec),
         "probes": sglang.probes(plan),

@@ -45,6 +45,7 @@ REPO = "moonshotai/Kimi-K2.5"  # the example's repo: the Hub stand-in serves a g
 LAYOUT = RepoLayout(repo_id=REPO, shards=8, shard_bytes=4 * MIB)  # ~34 MB with configs
 RATE = 1.5e6  # bytes/s: ~23 s of download, several progress reads by the operator between 0% and 100%
 REAL = {NODE_KIND_LABEL: "real"}
+CONTROL_PORT = 18080  # the stand-in's control port (kimi_testbed.standin_server): sets its queue depth
 TOLERATION = {"key": REAL_TAINT["key"], "operator": "Equal", "value": REAL_TAINT["value"], "effect": "NoSchedule"}
 
 
@@ -94,9 +95,6 @@ def values_file(tmp_path: Path, namespace: str, images: dict[str, str], hub: Hub
         "watchNamespaces": [namespace],  # the session cluster is shared: only this test's namespace
         "nodeSelector": REAL,
         "tolerations": [TOLERATION],
-        # The real node has this machine's CPUs (2 here) and the fetch Job's pod requests 2 cores: the operator
-        # pods request none so that the fetch pod fits beside them (limits unchanged).
-        "resources": {"requests": {"cpu": "0", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "operator": {
             "engineImage": images["standin-engine"],
             "hfEndpoint": hub.endpoint,
@@ -299,3 +297,41 @@ def test_helm_install_and_the_example_go_ready_with_every_pod_running_on_the_rea
 
     assert f"to {real_node.name}" in wait_for(scheduled_on, 30, f"the Scheduled event of {test_pod}")
     log(f"helm test passed on {real_node.name} in {time.monotonic() - t2:.1f}s")
+
+    # -- the autoscaler in the chart's operator pod scrapes the serving pod's real IP (SGLang's /metrics on the
+    # stand-in): a queue set on the stand-in's control port reaches status.autoscaler and scales the Deployment
+    # up; the queue drained scales it back down. The second replica stays Pending (the node's 8 GPUs are taken),
+    # which is what a full cluster does; the point is the scrape and the decision.
+    server_ip = server["status"]["podIP"]
+    autoscaling = {
+        "enabled": True,
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "targetQueueDepth": 4,
+        "scaleUpStabilizationSeconds": 0,
+        "scaleDownStabilizationSeconds": 3,
+        "intervalSeconds": 1,
+    }
+    patch = {"spec": {"autoscaling": autoscaling, "gateway": {"enabled": False}}}
+    kubectl.run("patch", "kd", name, "-n", ns, "--type", "merge", "-p", json.dumps(patch))
+    post_json(f"http://{server_ip}:{CONTROL_PORT}/engine", {"queue_depth": 12})
+    t3 = time.monotonic()
+
+    def autoscaler(queue: int, replicas: int) -> dict[str, Any] | NotYet:
+        status = env.get(name).get("status", {}).get("autoscaler") or {}
+        got = env.read("Deployment", name)["spec"]["replicas"]
+        if status.get("queueDepth") == queue and got == replicas and status.get("source") == "pods":
+            return status
+        return NotYet({"deployment.replicas": got, "status.autoscaler": status})
+
+    up = wait_for(lambda: autoscaler(12, 2), 90, f"the autoscaler to read queue 12 from {server_ip} and scale to 2")
+    assert up["scrapeErrors"] == 0 and up["desiredReplicas"] == 2, up
+    log(f"autoscaler read queue 12 from pod IP {server_ip} and scaled 1 -> 2 in {time.monotonic() - t3:.1f}s")
+    post_json(f"http://{server_ip}:{CONTROL_PORT}/engine", {"queue_depth": 0})
+    down = wait_for(lambda: autoscaler(0, 1), 90, "the autoscaler to read the drained queue and scale back to 1")
+    assert down["desiredReplicas"] == 1, down
+    assert ("Normal", "ScaledUp") in env.events(name) and ("Normal", "ScaledDown") in env.events(name)
+    live = [
+        p for p in env.items("Pod", render.engine_pods_selector(name)) if not p["metadata"].get("deletionTimestamp")
+    ]
+    assert [p["metadata"]["name"] for p in live] == [server_name], "scaling down removed the serving pod"

@@ -156,6 +156,26 @@ def test_fetch_pod_tolerates_what_the_engine_tolerates() -> None:
     assert job["spec"]["template"]["spec"]["tolerations"] == [taint]
 
 
+@pytest.mark.parametrize(
+    ("fetch_resources", "expected"),
+    [
+        (None, {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}),
+        # a small node: lower the CPU request, keep the default memory request and limit
+        ({"requests": {"cpu": "250m"}}, {"requests": {"cpu": "250m", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}),
+        # a memory limit below the default request: the default request gives way (Kubernetes: request = limit)
+        ({"limits": {"memory": "2Gi"}}, {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}),
+    ],
+)
+def test_fetch_pod_resources_merge_the_users_over_the_default(
+    fetch_resources: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    weights_spec = {"fetchResources": fetch_resources} if fetch_resources is not None else {}
+    job = _by_kind(_render(_doc(weights=weights_spec), weights_ready=False))["Job"][0]
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["resources"] == expected
+    assert "nvidia.com/gpu" not in str(c["resources"]), "the fetch pod never holds GPUs"
+
+
 def test_service_selects_serving_pods_and_matches_status_selector() -> None:
     ms = _by_kind(_render(_doc(), weights_ready=True))
     svc = next(s for s in ms["Service"] if s["metadata"]["name"] == "kd")

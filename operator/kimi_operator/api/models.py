@@ -94,6 +94,13 @@ class ModelSpec(ApiModel):
         return self
 
 
+class ResourceRequirements(ApiModel):
+    """Requests and limits of a container (core/v1 ResourceRequirements)."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
 class WeightsSpec(ApiModel):
     """The cache volume that holds the checkpoint. Downloaded once, mounted read-only by the serving pods."""
 
@@ -119,6 +126,11 @@ class WeightsSpec(ApiModel):
     retain_on_delete: bool = Field(
         default=True,
         description="Keep the weights PVC (and ~600 GB of data) when the KimiDeployment is deleted.",
+    )
+    fetch_resources: ResourceRequirements | None = Field(
+        default=None,
+        description="Requests/limits of the weights fetch pod, merged key by key over the default (requests 1 CPU "
+        "and 4Gi, limit 8Gi memory). The fetcher is network- and disk-bound; more CPU speeds up hashing only.",
     )
 
     @model_validator(mode="after")
@@ -234,13 +246,6 @@ class EnvVar(ApiModel):
         if why:
             raise ValueError(why)
         return value
-
-
-class ResourceRequirements(ApiModel):
-    """Extra CPU/memory/other requests and limits of the engine container (core/v1 ResourceRequirements)."""
-
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
 class EngineSpec(ApiModel):
