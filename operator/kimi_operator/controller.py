@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import urllib3
-from pydantic import ValidationError
 
 from kimi_operator import catalog, metrics, quantity, reconcile, render
+from kimi_operator.api import resource
 from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.api.resource import KimiDeployment
 from kimi_operator.config import OperatorConfig
 from kimi_operator.hub import Resolver
 from kimi_operator.kube import Kube, KubeError
@@ -67,13 +68,9 @@ NODE_SIZE_TTL_SECONDS = 300.0
 _node_sizes: dict[str, tuple[float, tuple[int, int] | None]] = {}
 
 
-def _smallest_node(kube: Kube, body: Manifest) -> tuple[int, int] | None:
+def _smallest_node(kube: Kube, spec: KimiDeploymentSpec) -> tuple[int, int] | None:
     """(millicores, memory bytes) allocatable on the smallest node the spec's engine pods can land on, or None
-    (no such node, the spec does not parse, or the operator may not list nodes). Cached per selector for 5 min."""
-    try:
-        spec = KimiDeploymentSpec.model_validate(body.get("spec") or {})
-    except ValidationError:
-        return None
+    (no such node, or the operator may not list nodes). Cached per selector for 5 min."""
     acc = catalog.ACCELERATORS.get(spec.topology.accelerator)
     if acc is None:
         return None
@@ -135,44 +132,47 @@ def _fetch_log_tails(kube: Kube, namespace: str, name: str, fetch_pods: list[Man
     return {pod_name: tail}
 
 
-def observe(
-    kube: Kube, resolver: Resolver, namespace: str, name: str, body: Manifest, volume_grace: int = 30
-) -> reconcile.Observed:
+def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: int = 30) -> reconcile.Observed:
     """Everything decide() needs, read from the API server (and the Hub for an unpinned revision)."""
+    namespace, name = kd.namespace, kd.name
     children, missing = kube.list_children(namespace, render.children_selector(name))
     pods = kube.list_pods(namespace, render.engine_pods_selector(name))
     fetch_pods = kube.list_pods(namespace, f"{render.INSTANCE_LABEL}={name},{render.COMPONENT_LABEL}=fetch")
-    spec = body.get("spec") or {}
-    model = spec.get("model") or {}
-    repo, revision = model.get("repo", "moonshotai/Kimi-K2.5"), model.get("revision", "main")
-    commit, error = None, ""
-    pinned = reconcile.pinned_commit(body.get("status") or {}, revision)
-    if not pinned:
-        commit, error = resolver.resolve(repo, revision)
-    draft = ((spec.get("engine") or {}).get("speculative") or {}).get("draftRepo")
-    draft_commit = None
-    if draft and not reconcile.pinned_draft_commit(body.get("status") or {}, draft):
-        draft_commit, draft_error = resolver.resolve(draft, "main")
-        error = error or draft_error
-    claim = (spec.get("weights") or {}).get("existingClaimName") or f"{name}-weights"
-    done = ((body.get("status") or {}).get("weights") or {}).get("completedKey")
-    if pinned and done == f"{repo}@{pinned}":
-        completed: frozenset[str] = frozenset()  # already complete here: no need to look at the neighbours
-    else:
-        completed = _completed_by_others(kube, namespace, name, claim)
-    return reconcile.Observed(
-        body,
+    observed = reconcile.Observed(
+        kd,
         children,
         pods,
         lws_installed="LeaderWorkerSet" not in missing,
         fetch_pods=fetch_pods,
         fetch_logs=_fetch_log_tails(kube, namespace, name, fetch_pods),
+    )
+    spec = kd.spec
+    if spec is None:  # decide() refuses it: nothing else to read
+        return observed
+    repo, revision = spec.model.repo, spec.model.revision
+    commit, error = None, ""
+    pinned = reconcile.pinned_commit(kd.status, revision)
+    if not pinned:
+        commit, error = resolver.resolve(repo, revision)
+    draft = spec.engine.speculative.draft_repo if spec.engine.speculative is not None else None
+    draft_commit = None
+    if draft and not reconcile.pinned_draft_commit(kd.status, draft):
+        draft_commit, draft_error = resolver.resolve(draft, "main")
+        error = error or draft_error
+    claim = render.names(name, spec).pvc
+    done = kd.status.weights.completed_key if kd.status.weights else None
+    if pinned and done == f"{repo}@{pinned}":
+        completed: frozenset[str] = frozenset()  # already complete here: no need to look at the neighbours
+    else:
+        completed = _completed_by_others(kube, namespace, name, claim)
+    return dataclasses.replace(
+        observed,
         resolved_commit=commit,
         draft_commit=draft_commit,
         resolve_error=error,
         completed_on_claim=completed,
         volume_problem=_volume_problem(kube, namespace, children.get(("PersistentVolumeClaim", claim)), volume_grace),
-        node_allocatable=_smallest_node(kube, body),
+        node_allocatable=_smallest_node(kube, spec),
     )
 
 
@@ -197,12 +197,9 @@ def _write(kube: Kube, namespace: str, actions: reconcile.Actions) -> tuple[str,
 
     for key in actions.delete:
         attempt(key[0], key[1], lambda key=key: kube.delete(key[0], namespace, key[1]))  # type: ignore[misc]
-    for manifest in actions.apply:
+    for manifest in actions.apply:  # a Job too: decide applies it only while it is absent (its template is immutable)
         kind, name = manifest["kind"], manifest["metadata"]["name"]
-        if kind == "Job":
-            attempt(kind, name, lambda m=manifest: kube.create(m))  # type: ignore[misc]  # a Job is created once
-        else:
-            attempt(kind, name, lambda m=manifest: kube.apply(m))  # type: ignore[misc]
+        attempt(kind, name, lambda m=manifest: kube.apply(m))  # type: ignore[misc]
     return tuple(failures)
 
 
@@ -215,8 +212,9 @@ def reconcile_one(
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None  # owner references let the garbage collector remove the children
     resolver = resolver or Resolver(config.hf_endpoint or None)
-    observed = observe(kube, resolver, namespace, name, body, config.volume_grace_seconds)
-    generation = int(body["metadata"].get("generation") or 0)
+    kd = resource.parse(body)
+    observed = observe(kube, resolver, kd, config.volume_grace_seconds)
+    generation = kd.generation
     known = _write_failures.get((namespace, name))
     if known is not None and known[0] == generation:
         observed = dataclasses.replace(observed, write_failures=known[1])

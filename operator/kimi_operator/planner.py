@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from kimi_operator import catalog, quantity
 from kimi_operator.api.models import KimiDeploymentSpec, TopologySpec
 from kimi_operator.engine import flags
+from kimi_operator.reasons import Reason
 
 MAX_AUTO_NODES = 4
 # Startup budget: a pessimistic weight read of 250 MB/s from network storage (single-threaded K2.5 load was
@@ -48,9 +49,9 @@ DIST_TIMEOUT_SECONDS = 3600
 
 
 class PlanError(Exception):
-    """The spec cannot be served as written. `reason` is a CamelCase condition reason."""
+    """The spec cannot be served as written. `reason` is the condition reason (a Warning)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -338,13 +339,13 @@ def _candidates(
     if topo.gpus_per_replica and topo.gpus_per_replica < topo.gpus_per_node:
         if topo.nodes_per_replica > 1:
             raise PlanError(
-                "InvalidTopology",
+                Reason.INVALID_TOPOLOGY,
                 f"topology.gpusPerReplica {topo.gpus_per_replica} is part of one node but nodesPerReplica is "
                 f"{topo.nodes_per_replica}; set gpusPerReplica: 0 for multi-node replicas",
             )
         if topo.gpus_per_node % topo.gpus_per_replica:
             raise PlanError(
-                "InvalidTopology",
+                Reason.INVALID_TOPOLOGY,
                 f"topology.gpusPerReplica {topo.gpus_per_replica} does not divide gpusPerNode "
                 f"{topo.gpus_per_node}; use a divisor so replicas pack a node",
             )
@@ -371,7 +372,7 @@ def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> Non
     if not ckpt.deepep_supported and backend == "deepep":
         quirk = ckpt.quirks[0]
         raise PlanError(
-            "UnsupportedByCheckpoint",
+            Reason.UNSUPPORTED_BY_CHECKPOINT,
             f"{ckpt.repo}: {quirk.text} ({quirk.source}); remove --moe-a2a-backend deepep from engine.extraArgs",
         )
 
@@ -384,20 +385,20 @@ def _check_placement_and_volumes(spec: KimiDeploymentSpec, ckpt: catalog.Checkpo
         other = next((a for a in catalog.ACCELERATORS.values() if a.product_label == selected), None)
         if other is not None:
             raise PlanError(
-                "AcceleratorMismatch",
+                Reason.ACCELERATOR_MISMATCH,
                 f"topology.nodeSelector {acc.product_label_key}={selected} selects {other.key} nodes but "
                 f"topology.accelerator is {acc.key} (planned for {gib(acc.memory_bytes)} GiB GPUs, these have "
                 f"{gib(other.memory_bytes)} GiB); set accelerator: {other.key}, or drop that nodeSelector entry",
             )
     if quantity.parse(topo.network.shm_size) <= 0:
         raise PlanError(
-            "InvalidSpec",
+            Reason.INVALID_SPEC,
             "topology.network.shmSize must be more than 0: NCCL and SGLang's workers exchange data through /dev/shm "
             "(64Gi is the default and recommended)",
         )
     if spec.weights.size is not None and quantity.parse(spec.weights.size) < ckpt.weights_bytes:
         raise PlanError(
-            "VolumeTooSmall",
+            Reason.VOLUME_TOO_SMALL,
             f"weights.size {spec.weights.size} cannot hold {ckpt.repo} ({ckpt.weights_bytes / catalog.GB:.0f} GB = "
             f"{ckpt.weights_bytes / catalog.GIB:.0f} GiB); use at least {_volume_size(ckpt.weights_bytes)} "
             "(the checkpoint plus 15% for partial files during a resume), or remove it for that default",
@@ -429,7 +430,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     if ckpt is None:
         known = ", ".join(catalog.CHECKPOINTS)
         raise PlanError(
-            "UnknownCheckpoint",
+            Reason.UNKNOWN_CHECKPOINT,
             f"model.repo {spec.model.repo!r} is not in the operator's catalog; known checkpoints: {known}",
         )
     topo = spec.topology
@@ -437,7 +438,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     if acc is None:
         known = ", ".join(catalog.ACCELERATORS)
         raise PlanError(
-            "UnknownAccelerator", f"topology.accelerator {topo.accelerator!r} is unknown; use one of: {known}"
+            Reason.UNKNOWN_ACCELERATOR, f"topology.accelerator {topo.accelerator!r} is unknown; use one of: {known}"
         )
     eng = spec.engine
     notes: list[str] = []
@@ -446,18 +447,18 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     context = eng.context_length or ckpt.max_context
     if context > ckpt.max_context:
         raise PlanError(
-            "ContextTooLong",
+            Reason.CONTEXT_TOO_LONG,
             f"engine.contextLength {context} exceeds {ckpt.repo}'s maximum of {ckpt.max_context} tokens; "
             f"remove it or set at most {ckpt.max_context}",
         )
     if eng.language_model_only and not ckpt.vision:
         raise PlanError(
-            "InvalidSpec",
+            Reason.INVALID_SPEC,
             f"engine.languageModelOnly: {ckpt.repo} is a text-only checkpoint (no vision tower to skip); remove it",
         )
     if eng.language_model_only and not ckpt.language_model_only_supported:
         raise PlanError(
-            "UnsupportedByEngine",
+            Reason.UNSUPPORTED_BY_ENGINE,
             f"engine.languageModelOnly: SGLang {catalog.SGLANG_VERSION} refuses --language-model-only for "
             f"{ckpt.repo} at launch (its model_hook allows it only for DeepseekV4, MuseGlimmer and Cosmos3 "
             "architectures; checked by tests/contract); remove engine.languageModelOnly - text requests are served "
@@ -493,7 +494,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     candidates = _candidates(ckpt, acc, topo, opts)
     chosen = next((c for c in candidates if c.fits), None)
     if chosen is None:
-        raise PlanError("DoesNotFit", _does_not_fit(ckpt, acc, candidates, topo, opts))
+        raise PlanError(Reason.DOES_NOT_FIT, _does_not_fit(ckpt, acc, candidates, topo, opts))
     if acc.vendor == "amd":
         heads = ckpt.num_attention_heads // chosen.tp
         notes.append(

@@ -134,6 +134,12 @@ def weights_key(plan: Plan) -> str:
     return f"{plan.repo}@{plan.revision}"
 
 
+def job_key(plan: Plan, spec: KimiDeploymentSpec) -> str:
+    """What a fetch Job downloads, as its annotation says: repo@<spec revision>. Not the pinned commit: the Job is
+    replaced when the spec's revision changes, never because the commit became known."""
+    return f"{plan.repo}@{spec.model.revision}"
+
+
 _SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
@@ -247,7 +253,7 @@ def context(
         "operator_image": config.operator_image,
         "models_mount": sglang.MODELS_MOUNT,
         "http_port": sglang.HTTP_PORT,
-        "weights_key": weights_key(plan),
+        "job_key": job_key(plan, spec),
         "fetch_command": [
             "kimi-operator",
             "fetch",
@@ -351,25 +357,55 @@ def pdb(ctx: dict[str, Any]) -> Manifest:
     return _render("pdb.yaml.j2", ctx)
 
 
-def render_all(
-    owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig, *, weights_ready: bool
-) -> list[Manifest]:
-    """Every child the operator wants for this spec at this stage (before or after the weights are ready)."""
-    ctx = context(owner, spec, plan, config)
+@dataclass(frozen=True)
+class Stage:
+    """Which children a KimiDeployment has at one point of its life (decided by reconcile from what it observed)."""
+
+    fetch: bool  # the weights fetch Job
+    serve: bool  # the serving workload (Deployment or LeaderWorkerSet)
+    service_to_gateway: bool  # the Service selects the gateway pods (else the engine pods)
+    gateway: bool  # the gateway's Deployment, RBAC and PDB
+    network_policy: bool  # the engine pods' NetworkPolicy
+
+    @classmethod
+    def steady(cls, spec: KimiDeploymentSpec, *, weights_ready: bool) -> Stage:
+        """Where the operator converges, before or after the weights are ready (`kimi-operator render`)."""
+        gw = spec.gateway_enabled()
+        return cls(
+            fetch=not weights_ready,
+            serve=weights_ready,
+            service_to_gateway=gw,
+            gateway=gw,
+            network_policy=gw and spec.gateway.network_policy.enabled,
+        )
+
+
+def children(ctx: dict[str, Any], stage: Stage) -> list[Manifest]:
+    """The desired children at a stage: the one function reconcile, `kimi-operator render`, the golden files and
+    the contract tests all take them from."""
+    spec: KimiDeploymentSpec = ctx["spec"]
     out: list[Manifest] = []
     if not spec.weights.existing_claim_name:
         out.append(pvc(ctx))
-    if not weights_ready:
+    if stage.fetch:
         out.append(fetch_job(ctx))
-    else:
+    if stage.serve:
         out.append(workload(ctx))
-    if spec.gateway_enabled():  # the steady state: the Service selects the gateway pods
-        ctx["service_selector"] = gateway_selector(owner.name)
+    if stage.service_to_gateway:
+        ctx = {**ctx, "service_selector": gateway_selector(ctx["owner_name"])}
     out += services(ctx)
     if ctx["replicas"] > 1:
         out.append(pdb(ctx))
-    if spec.gateway_enabled():
+    if stage.gateway:
         out += gateway_manifests(ctx)
-        if spec.gateway.network_policy.enabled:
-            out.append(network_policy(ctx))
+    if stage.network_policy:
+        out.append(network_policy(ctx))
     return out
+
+
+def render_all(
+    owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig, *, weights_ready: bool
+) -> list[Manifest]:
+    """Every child the operator wants for this spec at its steady stage (before or after the weights are ready),
+    for a plan already pinned with `pin` (the commit, when known, and the engine-image override)."""
+    return children(context(owner, spec, plan, config), Stage.steady(spec, weights_ready=weights_ready))

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kimi_operator import reconcile
+from kimi_operator import reasons, reconcile
 from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.api.resource import parse as parse_kd
 from kimi_operator.config import OperatorConfig
 from kimi_testbed.bins import find_bin_dir
 
@@ -40,8 +41,8 @@ def ready_reasons() -> set[str]:
 
 
 # A person must act (or the cluster must change) before these resolve: Degraded in Argo CD, failed in Flux.
-DEGRADED = ready_reasons() & reconcile.WARNING_REASONS
-IN_PROGRESS = ready_reasons() - reconcile.WARNING_REASONS - {"ScaledToZero"}
+DEGRADED = ready_reasons() & reasons.WARNING_REASONS
+IN_PROGRESS = ready_reasons() - reasons.WARNING_REASONS - {"ScaledToZero"}
 
 
 def health(obj: Manifest) -> tuple[str, str]:
@@ -67,7 +68,7 @@ def kd(generation: int = 1, status: Manifest | None = None, **spec: Any) -> Mani
 
 def operator_status(obj: Manifest) -> Manifest:
     """The status the operator's own decision writes for this object (no children yet)."""
-    actions = reconcile.decide(reconcile.Observed(obj, {}, []), OperatorConfig(), NOW)
+    actions = reconcile.decide(reconcile.Observed(parse_kd(obj), {}, []), OperatorConfig(), NOW)
     assert actions.status is not None
     return actions.status
 

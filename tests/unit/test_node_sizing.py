@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from kimi_operator import controller, quantity
+from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.kube import KubeError
 
 
@@ -36,21 +37,20 @@ def _fresh_cache() -> None:
 
 def test_smallest_cpu_and_smallest_memory_are_taken_separately() -> None:
     kube = Nodes([_node("192", "2Ti"), _node("1900m", "24Gi"), _node("8", "16Gi")])
-    body = {"spec": {"topology": {"accelerator": "H200", "nodeSelector": {"pool": "a"}}}}
-    assert controller._smallest_node(kube, body) == (1900, 16 * 1024**3)  # type: ignore[arg-type]
+    spec = KimiDeploymentSpec.model_validate({"topology": {"accelerator": "H200", "nodeSelector": {"pool": "a"}}})
+    assert controller._smallest_node(kube, spec) == (1900, 16 * 1024**3)  # type: ignore[arg-type]
     assert kube.selectors == ["nvidia.com/gpu.product=NVIDIA-H200,pool=a"]
 
 
 def test_results_are_cached_and_forbidden_means_unknown() -> None:
     kube = Nodes(error=403)
-    assert controller._smallest_node(kube, {"spec": {}}) is None  # type: ignore[arg-type]
-    assert controller._smallest_node(kube, {"spec": {}}) is None  # type: ignore[arg-type]
+    assert controller._smallest_node(kube, KimiDeploymentSpec()) is None  # type: ignore[arg-type]
+    assert controller._smallest_node(kube, KimiDeploymentSpec()) is None  # type: ignore[arg-type]
     assert len(kube.selectors) == 1
 
 
-def test_an_unparseable_spec_or_no_matching_node_is_unknown() -> None:
-    assert controller._smallest_node(Nodes(), {"spec": {"replicas": "many"}}) is None  # type: ignore[arg-type]
-    assert controller._smallest_node(Nodes([]), {"spec": {}}) is None  # type: ignore[arg-type]
+def test_no_matching_node_is_unknown() -> None:
+    assert controller._smallest_node(Nodes([]), KimiDeploymentSpec()) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

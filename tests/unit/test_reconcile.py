@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
-from kimi_operator import reconcile, render
+import pytest
+import yaml
+
+from kimi_operator import gateway, planner, reconcile, render
+from kimi_operator.api import resource
+from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
+from kimi_operator.reasons import Reason
+from kimi_operator.reconcile import WeightsState
 from kimi_operator.weights import FetchProgress, progress_line
 
 CONFIG = OperatorConfig(operator_image="op:test")
@@ -53,7 +61,7 @@ class Server:
     def observed(self) -> reconcile.Observed:
         revision = (self.body["spec"].get("model") or {}).get("revision", "main")
         return reconcile.Observed(
-            copy.deepcopy(self.body),
+            resource.parse(copy.deepcopy(self.body)),
             copy.deepcopy(self.children),
             self.pods,
             fetch_pods=self.fetch_pods,
@@ -435,7 +443,9 @@ def test_h100_runs_as_a_two_node_leaderworkerset() -> None:
 
 def test_without_the_lws_crd_a_multi_node_plan_is_refused_and_nothing_is_created() -> None:
     s = Server({"topology": {"accelerator": "H100"}})
-    actions = reconcile.decide(reconcile.Observed(copy.deepcopy(s.body), {}, [], lws_installed=False), CONFIG, NOW)
+    actions = reconcile.decide(
+        reconcile.Observed(resource.parse(copy.deepcopy(s.body)), {}, [], lws_installed=False), CONFIG, NOW
+    )
     assert actions.apply == [] and actions.delete == []
     ready = next(c for c in actions.status["conditions"] if c["type"] == "Ready") if actions.status else {}
     assert ready["reason"] == "LeaderWorkerSetNotInstalled"
@@ -535,3 +545,68 @@ def test_a_container_stuck_pulling_its_image_is_reported_with_kubelets_reason() 
         "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
     }
     assert failing_pod([starting]) is None
+
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("kimi-k2.5-*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_what_the_operator_applies_is_what_render_prints(example: Path) -> None:
+    """One function decides the children: once settled, what decide applied at the download and at the serving
+    stage equals `kimi-operator render` (render.render_all on the plan pinned by render.pin) for the same commit.
+    (On the way the Service points at the engines until the gateway is ready; render prints where it settles.)"""
+    (doc,) = [d for d in yaml.safe_load_all(example.read_text()) if d and d.get("kind") == "KimiDeployment"]
+    s = Server(doc["spec"])
+    s.hub["draft"] = COMMIT_V2
+    spec = KimiDeploymentSpec.model_validate(doc["spec"])
+    draft = COMMIT_V2 if spec.engine.speculative is not None else None
+    pinned = render.pin(planner.plan(spec), spec, CONFIG, commit=COMMIT, draft_commit=draft)
+    owner = render.Owner("kd", "ns", "u-1")
+
+    def settle() -> None:
+        for _ in range(4):
+            s.step()
+            gw = s.children.get(("Deployment", gateway.names("kd")["gateway"]))
+            if gw is not None:
+                gw["status"] = {"readyReplicas": gw["spec"]["replicas"]}
+
+    for stage, weights_ready in (("download", False), ("serving", True)):
+        settle()
+        printed = {
+            (m["kind"], m["metadata"]["name"]): m
+            for m in render.render_all(owner, spec, pinned, CONFIG, weights_ready=weights_ready)
+        }
+        assert set(s.children) == set(printed), f"{stage}: children differ from what render prints"
+        for k, m in printed.items():
+            assert reconcile.is_subset(m, s.children[k]), f"{stage}: {k} as applied differs from what render prints"
+        if not weights_ready:
+            s.job_succeeds()
+
+
+def test_every_planner_refusal_is_a_warning_reason() -> None:
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(planner))
+    raised = {
+        node.args[0].attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", "") == "PlanError"
+        and node.args
+        and isinstance(node.args[0], ast.Attribute)
+    }
+    assert len(raised) >= 10, raised
+    for member in raised:
+        assert Reason[member].warning, f"the planner refuses with {member}, which is not a Warning reason"
+
+
+@pytest.mark.parametrize("state", list(WeightsState), ids=lambda s: s.name)
+def test_weights_states_answer_what_the_decision_asks(state: WeightsState) -> None:
+    assert state.reason == state.value and Reason.of(str(state.reason)) is state.reason
+    assert not (state.ready and state.wants_fetch_job), "ready weights never want a fetch Job"
+    assert not (state.waits and state.wants_fetch_job), "a state that waits leaves the Job alone"
+    assert state.ready == (state in (WeightsState.DOWNLOADED, WeightsState.REUSED))
+    assert state.ready_reason.warning == (
+        state in (WeightsState.FETCH_FAILED, WeightsState.VOLUME_NOT_BOUND, WeightsState.REVISION_UNRESOLVED)
+    )

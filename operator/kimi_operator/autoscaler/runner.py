@@ -14,13 +14,13 @@ import logging
 import time
 from typing import Any
 
-from pydantic import ValidationError
-
 from kimi_operator import metrics, planner, render
-from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.api import resource
+from kimi_operator.api.models import AutoscalerStatus, KimiDeploymentSpec
 from kimi_operator.autoscaler import policy, sources
 from kimi_operator.engine.sglang import HTTP_PORT
 from kimi_operator.kube import Kube
+from kimi_operator.reasons import Reason
 from kimi_operator.timeutil import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,22 @@ def _single_node(spec: KimiDeploymentSpec) -> bool:
         return False
 
 
-def status_patch(decision: policy.Decision, source: str, errors: int, old: dict[str, Any], now: str) -> dict[str, Any]:
-    new: dict[str, Any] = {
-        "queueDepth": None if decision.queue is None else round(decision.queue),
-        "runningRequests": None if decision.running is None else round(decision.running),
-        "desiredReplicas": decision.desired,
-        "lastDecision": f"{decision.reason}: {decision.message}",
-        "source": source,
-        "scrapeErrors": errors,
-        "lastScaleTime": now if decision.changed else old.get("lastScaleTime"),
-    }
-    return {k: v for k, v in new.items() if old.get(k) != v}
+def status_patch(
+    decision: policy.Decision, source: str, errors: int, old: AutoscalerStatus | None, now: str
+) -> dict[str, Any]:
+    """The fields of status.autoscaler that changed, as a merge patch (null removes a value that went unknown)."""
+    before = old or AutoscalerStatus()
+    new = AutoscalerStatus(
+        queue_depth=None if decision.queue is None else round(decision.queue),
+        running_requests=None if decision.running is None else round(decision.running),
+        desired_replicas=decision.desired,
+        last_decision=f"{decision.reason}: {decision.message}",
+        source=source,
+        scrape_errors=errors,
+        last_scale_time=now if decision.changed else before.last_scale_time,
+    )
+    old_wire = before.model_dump(by_alias=True, mode="json")
+    return {k: v for k, v in new.model_dump(by_alias=True, mode="json").items() if old_wire.get(k) != v}
 
 
 class Autoscalers:
@@ -112,14 +117,14 @@ class Autoscalers:
         body = self.kube.get_kd(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        try:
-            spec = KimiDeploymentSpec.model_validate(body.get("spec") or {})
-        except ValidationError:
+        kd = resource.parse(body)
+        spec = kd.spec
+        if spec is None:
             return 30.0  # the reconcile reports the invalid spec
         if not spec.autoscaling.enabled:
             return None
-        old = (body.get("status") or {}).get("autoscaler") or {}
-        current = spec.effective_replicas(old.get("desiredReplicas"))
+        old = kd.status.autoscaler
+        current = spec.effective_replicas(old.desired_replicas if old else None)
         leaders = ready_leaders(self.kube.list_pods(namespace, render.selector_string(name)))
         prom = spec.autoscaling.source.prometheus
         source_error, errors = "", list[str]()
@@ -147,13 +152,13 @@ class Autoscalers:
         patch = status_patch(decision, source, failures, old, now_rfc3339())
         if patch:
             self.kube.patch_status(namespace, name, {"autoscaler": patch})
-        previous_reason = str(old.get("lastDecision", "")).split(":", 1)[0]
+        previous_reason = ((old.last_decision if old else None) or "").split(":", 1)[0]
         if decision.changed:
-            kind = "ScaledUp" if decision.desired > current else "ScaledDown"
+            kind = Reason.SCALED_UP if decision.desired > current else Reason.SCALED_DOWN
             self.kube.event(body, "Normal", kind, decision.message)
-        elif decision.reason == "MetricsUnavailable" and previous_reason != "MetricsUnavailable":
+        elif decision.reason == Reason.METRICS_UNAVAILABLE and previous_reason != Reason.METRICS_UNAVAILABLE:
             detail = source_error or "; ".join(errors[:3])
-            self.kube.event(body, "Warning", "MetricsUnavailable", f"{decision.message} ({detail})")
+            self.kube.event(body, "Warning", Reason.METRICS_UNAVAILABLE, f"{decision.message} ({detail})")
         return float(spec.autoscaling.interval_seconds)
 
     def _prefer_idle_for_deletion(self, namespace: str, loads: tuple[policy.ReplicaLoad, ...]) -> None:

@@ -1,0 +1,115 @@
+"""Every condition and Event reason the operator writes, and whether it is a Warning (a person must act or watch).
+
+A `Reason` is a `str` (it is written to the API as is, and compares equal to its text); the planner, the decision
+and the autoscaler all name their reasons from here, so a reason cannot be misspelt in one place and the Warning set
+cannot drift from the reasons in use.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # -- the spec cannot be served (planner, validation): nothing is created
+    INVALID_SPEC = "InvalidSpec"
+    UNKNOWN_CHECKPOINT = "UnknownCheckpoint"
+    UNKNOWN_ACCELERATOR = "UnknownAccelerator"
+    CONTEXT_TOO_LONG = "ContextTooLong"
+    DOES_NOT_FIT = "DoesNotFit"
+    UNSUPPORTED_BY_CHECKPOINT = "UnsupportedByCheckpoint"
+    UNSUPPORTED_BY_ENGINE = "UnsupportedByEngine"
+    ACCELERATOR_MISMATCH = "AcceleratorMismatch"
+    VOLUME_TOO_SMALL = "VolumeTooSmall"
+    INVALID_TOPOLOGY = "InvalidTopology"
+    LWS_NOT_INSTALLED = "LeaderWorkerSetNotInstalled"
+    # -- the weights (WeightsReady)
+    DOWNLOADING = "Downloading"
+    DOWNLOADED = "Downloaded"
+    REUSED = "Reused"
+    VOLUME_NOT_BOUND = "VolumeNotBound"
+    FETCH_FAILED = "FetchFailed"
+    REVISION_UNRESOLVED = "RevisionUnresolved"
+    # -- serving (Ready, Progressing, Available)
+    READY = "Ready"
+    COMPLETE = "Complete"
+    SCALED_TO_ZERO = "ScaledToZero"
+    DOWNLOADING_WEIGHTS = "DownloadingWeights"
+    SWITCHING_TOPOLOGY = "SwitchingTopology"
+    ROLLING_OUT = "RollingOut"
+    LOADING = "Loading"
+    UNSCHEDULABLE = "Unschedulable"
+    APPLY_FAILED = "ApplyFailed"
+    MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
+    NO_REPLICA_READY = "NoReplicaReady"
+    # -- a container stuck in a state it does not leave by itself: each needs a person (an image name, a Secret)
+    ERR_IMAGE_PULL = "ErrImagePull"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    RUN_CONTAINER_ERROR = "RunContainerError"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    # -- the autoscaler (ScalingActive, Events)
+    STARTING = "Starting"
+    QUEUE_DEPTH_READ = "QueueDepthRead"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    NO_READY_REPLICAS = "NoReadyReplicas"
+    SCALED_UP = "ScaledUp"
+    SCALED_DOWN = "ScaledDown"
+
+    @property
+    def warning(self) -> bool:
+        """Worth a Warning Event: something a person must act on, or wait for with concern."""
+        return self in _WARNINGS
+
+    @property
+    def stuck_container(self) -> bool:
+        """A container state the pod does not leave by itself."""
+        return self in FAILING_CONTAINER_REASONS
+
+    @classmethod
+    def of(cls, text: str) -> Reason | None:
+        """The Reason named `text`, or None (a reason read back from the server that this version does not know)."""
+        try:
+            return cls(text)
+        except ValueError:
+            return None
+
+
+FAILING_CONTAINER_REASONS: frozenset[Reason] = frozenset(
+    {
+        Reason.ERR_IMAGE_PULL,
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.INVALID_IMAGE_NAME,
+        Reason.CREATE_CONTAINER_CONFIG_ERROR,
+        Reason.CREATE_CONTAINER_ERROR,
+        Reason.RUN_CONTAINER_ERROR,
+        Reason.CRASH_LOOP_BACK_OFF,
+    }
+)
+
+_WARNINGS: frozenset[Reason] = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.UNKNOWN_CHECKPOINT,
+        Reason.UNKNOWN_ACCELERATOR,
+        Reason.CONTEXT_TOO_LONG,
+        Reason.DOES_NOT_FIT,
+        Reason.UNSUPPORTED_BY_CHECKPOINT,
+        Reason.UNSUPPORTED_BY_ENGINE,
+        Reason.ACCELERATOR_MISMATCH,
+        Reason.VOLUME_TOO_SMALL,
+        Reason.INVALID_TOPOLOGY,
+        Reason.LWS_NOT_INSTALLED,
+        Reason.VOLUME_NOT_BOUND,
+        Reason.FETCH_FAILED,
+        Reason.REVISION_UNRESOLVED,
+        Reason.UNSCHEDULABLE,
+        Reason.APPLY_FAILED,
+        Reason.METRICS_UNAVAILABLE,
+        Reason.NO_READY_REPLICAS,
+    }
+    | FAILING_CONTAINER_REASONS
+)
+WARNING_REASONS: frozenset[Reason] = _WARNINGS

@@ -1,0 +1,60 @@
+"""What the decision reads (Observed: one KimiDeployment and what the API server holds for it) and returns
+(Actions: applies, deletes, a status patch, Events)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kimi_operator.api.resource import KimiDeployment
+
+Manifest = dict[str, Any]
+ChildKey = tuple[str, str]  # (kind, name)
+
+
+def key_of(m: Manifest) -> ChildKey:
+    return (m["kind"], m["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Actions:
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[ChildKey] = field(default_factory=list)
+    status: dict[str, Any] | None = None  # a JSON merge patch of .status
+    events: list[Event] = field(default_factory=list)
+    explanation: list[str] = field(default_factory=list)
+    requeue_after: float = 0.0  # look again this soon even without an event (download progress, retry backoff)
+
+    @property
+    def writes(self) -> int:
+        return len(self.apply) + len(self.delete) + (self.status is not None) + len(self.events)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the API server holds for one KimiDeployment: the parsed object, its children, its serving pods."""
+
+    kd: KimiDeployment
+    children: dict[ChildKey, Manifest]
+    pods: list[Manifest] = field(default_factory=list)
+    lws_installed: bool = True
+    fetch_pods: list[Manifest] = field(default_factory=list)
+    fetch_logs: dict[str, str] = field(default_factory=dict)  # running fetch pod name -> the tail of its log
+    resolved_commit: str | None = None  # the Hub's answer for spec.model.revision (None: unknown)
+    draft_commit: str | None = None  # the Hub's answer for the draft model's main branch, when there is one
+    resolve_error: str = ""
+    completed_on_claim: frozenset[str] = frozenset()  # repo@commit keys other KimiDeployments completed here
+    volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
+    node_allocatable: tuple[int, int] | None = None  # (millicores, bytes) of the smallest matching node, if known
+    write_failures: tuple[str, ...] = ()  # "Kind/name: server message" for writes the API server refused
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.kd.body
