@@ -181,9 +181,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from kimi_operator import fetcher
+    from kimi_operator import fetch
 
-    return fetcher.main(
+    return fetch.main(
         args.repo,
         args.revision,
         args.root,

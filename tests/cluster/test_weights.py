@@ -1,7 +1,7 @@
 """The weights cache on the real API server: revision pinning, reuse by a second deployment, unbindable volumes.
 
 The download itself is simulated here (kwok completes the fetch Job's pod); the fetcher's own behaviour - resume,
-verification, space check, token hygiene - is tested against the Hub stand-in in tests/unit/test_fetcher.py.
+verification, space check, token hygiene - is tested against the Hub stand-in in tests/unit/test_fetch.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`kimi-operator fetch`: the program the weights Job runs. Downloads repo@revision onto the cache volume, once.
+"""The download: resolve repo@revision, check what is on the volume, fetch the rest, verify, mark complete.
 
 What it guarantees (docs/weights-cache.md has the long form):
 
@@ -19,49 +19,44 @@ What it guarantees (docs/weights-cache.md has the long form):
   ``kimi-fetch-progress {json}`` on stdout (weights.progress_line), which the operator reads from the pod's log:
   the fetch pod needs no Kubernetes API access (its Job mounts no service account token).
 - The Hub token comes from the HF_TOKEN environment variable only and is scrubbed from every line written.
-
-Exit codes: 0 complete, 1 other failure (retry may help), 2 bad request (repo/revision not found, unauthorized,
-no safetensors), 3 not enough space on the volume.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import sys
 import threading
-import time
-import traceback
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any, Literal, cast
 
 from kimi_operator import __version__, weights
+from kimi_operator.fetch.errors import BadRequestError, CancelledError, FetchError, NotEnoughSpaceError, one_line
+from kimi_operator.fetch.progress import Reporter, Tracker, progress_file_sink, stream_sink
+from kimi_operator.fetch.scrub import Scrubber
+from kimi_operator.fetch.state import (
+    PARTIAL_DIR,
+    STATE_FILE,
+    Job,
+    RemoteFile,
+    Snapshot,
+    State,
+    Target,
+    free_space,
+    other_snapshots,
+    take_lock,
+)
+from kimi_operator.fetch.writer import Digest, Writer, hash_into
 from kimi_operator.timeutil import now_rfc3339
-from kimi_operator.weights import FetchProgress, Phase
+from kimi_operator.weights import FetchProgress
 
-log = logging.getLogger("kimi_operator.fetcher")
+log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_REQUEST = 2
-EXIT_NO_SPACE = 3
-
-FAKE_FREE_ENV = "KIMI_FETCH_FAKE_FREE_BYTES"
-"""Test hook: when set, the free-space check uses this many bytes instead of asking the file system. Nothing else
-reads it; it exists because tests cannot make a small file system. Never set it in a real Job."""
 
 # huggingface_hub hands data over in chunks of this size (its default, 10 MB, is what a dropped connection or a
 # killed pod loses per file in flight, and the granularity of progress): 1 MiB costs no measurable throughput.
@@ -70,434 +65,8 @@ DOWNLOAD_TIMEOUT_S = 60  # per read on the data connection (huggingface_hub's de
 API_TIMEOUT_S = 60
 MAX_ATTEMPTS = 8  # per file, without progress between them; backoff 2, 4, 8 ... 60 s
 MAX_HASH_MISMATCHES = 3
-_HASH_CHUNK = 8 << 20
-_PARTIAL_DIR = "partial"
-_STATE_FILE = "state.json"
-_LOCK_FILE = "lock"
 
 Verify = Literal["fast", "full"]
-
-
-class FetchError(Exception):
-    """A failure with a message for people and an exit code."""
-
-    exit_code = EXIT_FAILED
-
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-
-class BadRequestError(FetchError):
-    exit_code = EXIT_BAD_REQUEST
-
-
-class NotEnoughSpaceError(FetchError):
-    exit_code = EXIT_NO_SPACE
-
-
-class _CancelledError(Exception):
-    pass
-
-
-# ------------------------------------------------------------------------------------------------ secrets
-
-
-class Scrubber:
-    """Replaces secrets in any text. The token must never reach a log line, the progress record or an error."""
-
-    def __init__(self, secrets: Sequence[str | None] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-class ScrubFilter(logging.Filter):
-    def __init__(self, scrub: Scrubber) -> None:
-        super().__init__()
-        self.scrub = scrub
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.scrub.secrets:
-            record.msg = self.scrub(record.getMessage())
-            record.args = None
-            if record.exc_info:
-                record.exc_text = self.scrub("".join(traceback.format_exception(*record.exc_info)))
-                record.exc_info = None
-        return True
-
-
-# ------------------------------------------------------------------------------------------------ model
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    size: int
-    sha256: str | None  # LFS files
-    blob_id: str | None  # git object id (of the content for non-LFS files)
-
-    @property
-    def lfs(self) -> bool:
-        return self.sha256 is not None
-
-
-@dataclass(frozen=True)
-class Target:
-    repo: str
-    revision: str = "main"
-
-
-@dataclass
-class Snapshot:
-    """One repo@commit on the volume, as resolved and fetched."""
-
-    repo: str
-    revision: str
-    commit: str
-    path: Path
-    files: list[RemoteFile]
-    skipped: list[RemoteFile] = field(default_factory=list)
-
-    @property
-    def bytes_total(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def meta_dir(self) -> Path:
-        return self.path / weights.STATE_DIR
-
-    def partial(self, rf: RemoteFile) -> Path:
-        return self.meta_dir / _PARTIAL_DIR / f"{rf.name}.part"
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "repo": self.repo,
-            "revision": self.revision,
-            "commit": self.commit,
-            "path": str(self.path),
-            "bytes": self.bytes_total,
-            "files": len(self.files),
-        }
-
-
-@dataclass
-class _Job:
-    snap: Snapshot
-    rf: RemoteFile
-    on_disk: int = 0  # bytes of this file on the volume (final or partial); written by one thread at a time
-    done: bool = False
-
-    @property
-    def path(self) -> Path:
-        return self.snap.path / self.rf.name
-
-
-class _State:
-    """Per-snapshot record of verified files: name -> size, sha256, git blob id, mtime. Lets a restart trust
-    files this fetcher already hashed without reading them again; anything else on the volume is hashed."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.path = snap.meta_dir / _STATE_FILE
-        self.repo = snap.repo
-        self.commit = snap.commit
-        self._lock = threading.Lock()
-        self.files: dict[str, dict[str, Any]] = {}
-        with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
-            data = json.loads(self.path.read_text())
-            if data.get("commit") == snap.commit and isinstance(data.get("files"), dict):
-                self.files = data["files"]
-
-    def trusted(self, rf: RemoteFile, st: os.stat_result) -> dict[str, Any] | None:
-        rec = self.files.get(rf.name)
-        if not rec or rec.get("size") != st.st_size or rec.get("mtimeNs") != st.st_mtime_ns:
-            return None
-        return rec if _record_matches(rec, rf) else None
-
-    def record(self, rf: RemoteFile, sha256: str, blob_id: str | None, st: os.stat_result) -> None:
-        with self._lock:
-            self.files[rf.name] = {"size": st.st_size, "sha256": sha256, "blobId": blob_id, "mtimeNs": st.st_mtime_ns}
-            self._save()
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            if self.files.pop(name, None) is not None:
-                self._save()
-
-    def _save(self) -> None:
-        data = {"repo": self.repo, "commit": self.commit, "files": self.files}
-        weights.atomic_write(self.path, json.dumps(data, separators=(",", ":")))
-
-
-def _record_matches(rec: dict[str, Any], rf: RemoteFile) -> bool:
-    if rf.sha256 is not None:
-        return bool(rec.get("sha256") == rf.sha256)
-    if rf.blob_id is not None:
-        return bool(rec.get("blobId") == rf.blob_id)
-    return True
-
-
-class _Digest:
-    """sha256 of the bytes (for the manifest and LFS checks) and, for small non-LFS files, their git blob id."""
-
-    def __init__(self, rf: RemoteFile) -> None:
-        self.rf = rf
-        self.n = 0
-        self.sha256 = hashlib.sha256()
-        self.git = None if rf.lfs or rf.blob_id is None else hashlib.sha1(b"blob %d\0" % rf.size)
-
-    def update(self, data: bytes) -> None:
-        self.sha256.update(data)
-        if self.git is not None:
-            self.git.update(data)
-        self.n += len(data)
-
-    @property
-    def blob_id(self) -> str | None:
-        return None if self.git is None else self.git.hexdigest()
-
-    def problem(self) -> str | None:
-        """None if the bytes are what the Hub says, else why not."""
-        if self.n != self.rf.size:
-            return f"size {self.n}, the Hub says {self.rf.size}"
-        if self.rf.sha256 is not None and self.sha256.hexdigest() != self.rf.sha256:
-            return f"sha256 {self.sha256.hexdigest()[:16]}..., the Hub says {self.rf.sha256[:16]}..."
-        if self.git is not None and self.git.hexdigest() != self.rf.blob_id:
-            return f"git blob id {self.git.hexdigest()[:12]}, the Hub says {(self.rf.blob_id or '')[:12]}"
-        return None
-
-
-def _hash_into(
-    digest: _Digest, path: Path, length: int, stop: threading.Event, on_bytes: Callable[[int], None]
-) -> None:
-    with path.open("rb") as f:
-        left = length
-        while left > 0:
-            if stop.is_set():
-                raise _CancelledError
-            block = f.read(min(_HASH_CHUNK, left))
-            if not block:
-                break
-            digest.update(block)
-            on_bytes(len(block))
-            left -= len(block)
-
-
-class _Writer:
-    """The file object handed to huggingface_hub's http_get: hashes and counts what is written, and stops the
-    transfer (raising) when the fetch is cancelled. Supports the seek/truncate http_get does when a server
-    ignores a Range request."""
-
-    def __init__(self, f: IO[bytes], path: Path, digest: _Digest, job: _Job, tracker: _Tracker, stop: threading.Event):
-        self.f = f
-        self.path = path
-        self.digest = digest
-        self.job = job
-        self.tracker = tracker
-        self.stop = stop
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        if self.stop.is_set():
-            raise _CancelledError
-        n = self.f.write(data)
-        self.digest.update(data)
-        self.written += len(data)
-        self.job.on_disk += len(data)
-        self.tracker.downloaded(len(data))
-        return n
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.f.seek(offset, whence)
-
-    def truncate(self, size: int | None = None) -> int:
-        self.f.flush()
-        size = self.f.tell() if size is None else size
-        self.f.truncate(size)
-        fresh = _Digest(self.digest.rf)
-        _hash_into(fresh, self.path, size, self.stop, lambda _n: None)
-        self.digest.__dict__.update(fresh.__dict__)
-        self.job.on_disk = size
-        return size
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-# ------------------------------------------------------------------------------------------------ progress
-
-
-class _Tracker:
-    """Shared counters; builds the FetchProgress record."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.phase: Phase = "resolving"
-        self.message = ""
-        self.commit = ""
-        self.jobs: list[_Job] = []
-        self._downloaded = 0
-        self.hash_total = 0  # bytes already on the volume that must be hashed before they can be trusted
-        self.hash_done = 0
-        self._samples: deque[tuple[float, int]] = deque()
-        self._started = time.monotonic()
-
-    def set_phase(self, phase: Phase, message: str = "") -> None:
-        with self._lock:
-            self.phase = phase
-            self.message = message
-
-    def downloaded(self, n: int) -> None:
-        with self._lock:
-            self._downloaded += n
-
-    def hashed(self, n: int) -> None:
-        with self._lock:
-            self.hash_done += n
-
-    @property
-    def bytes_downloaded(self) -> int:
-        return self._downloaded
-
-    def record(self) -> FetchProgress:
-        now = time.monotonic()
-        with self._lock:
-            downloaded = self._downloaded
-            self._samples.append((now, downloaded))
-            while len(self._samples) > 2 and now - self._samples[1][0] >= 30:
-                self._samples.popleft()
-            t0, b0 = self._samples[0] if len(self._samples) > 1 else (self._started, 0)
-            rate = int((downloaded - b0) / (now - t0)) if now - t0 > 0.05 else 0
-            phase, message = self.phase, self.message
-            if phase == "verifying" and self.hash_total:
-                message = (
-                    f"hashing files found on the volume: {weights.human_bytes(self.hash_done)} of "
-                    f"{weights.human_bytes(self.hash_total)}"
-                )
-        total = sum(j.rf.size for j in self.jobs)
-        done = sum(j.rf.size if j.done else min(j.on_disk, j.rf.size) for j in self.jobs)
-        eta = (total - done) // rate if rate > 0 and phase == "downloading" else None
-        return FetchProgress(
-            phase=phase,
-            bytes_done=total if phase == "complete" else done,
-            bytes_total=total,
-            files_done=sum(1 for j in self.jobs if j.done),
-            files_total=len(self.jobs),
-            bytes_per_second=rate if phase == "downloading" else 0,
-            eta_seconds=eta,
-            message=message,
-            commit=self.commit,
-            updated_at=int(time.time()),
-        )
-
-
-def _stream_sink(stream: IO[str]) -> Callable[[FetchProgress], None]:
-    """One machine-readable line per record (weights.progress_line) on ``stream`` (stdout in the Job): the operator
-    reads the tail of the pod's log for the last one, so the pod needs no API credentials to report progress."""
-
-    def sink(rec: FetchProgress) -> None:
-        stream.write(weights.progress_line(rec) + "\n")
-        stream.flush()
-
-    return sink
-
-
-class _Reporter(threading.Thread):
-    """Every ``interval`` seconds (and on every phase change): progress file, progress line, one log line."""
-
-    def __init__(
-        self, tracker: _Tracker, interval: float, sinks: list[Callable[[FetchProgress], None]], scrub: Scrubber
-    ) -> None:
-        super().__init__(name="fetch-progress", daemon=True)
-        self.tracker = tracker
-        self.interval = max(0.05, interval)
-        self.sinks = sinks
-        self.scrub = scrub
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
-        self._emit_lock = threading.Lock()
-        self._last_phase: Phase | None = None
-
-    def run(self) -> None:
-        while not self._stopped.is_set():
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            if not self._stopped.is_set():
-                self.emit()
-
-    def poke(self) -> None:
-        self._wake.set()
-
-    def emit(self) -> FetchProgress:
-        with self._emit_lock:
-            rec = self.tracker.record()
-            rec.message = self.scrub(rec.message)
-            if rec.phase in ("downloading", "complete", "failed") or rec.phase != self._last_phase:
-                line = weights.format_progress(rec)
-                if rec.bytes_total > 0:
-                    line = f"{rec.phase}: {line}, files {rec.files_done}/{rec.files_total}"
-                    if rec.message and rec.phase == "verifying":
-                        line += f"; {rec.message}"
-                log.info("%s", line)
-            self._last_phase = rec.phase
-            for sink in self.sinks:
-                try:
-                    sink(rec)
-                except Exception as err:
-                    log.warning("progress sink failed: %s", err)
-            return rec
-
-    def finish(self) -> FetchProgress:
-        self._stopped.set()
-        self._wake.set()
-        if self.is_alive():
-            self.join(timeout=5)
-        return self.emit()
-
-
-def _progress_file_sink(path: str) -> Callable[[FetchProgress], None]:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-
-    def sink(rec: FetchProgress) -> None:
-        weights.atomic_write(target, rec.to_json() + "\n")
-
-    return sink
-
-
-# ------------------------------------------------------------------------------------------------ space
-
-
-def free_space(path: str | Path) -> int:
-    """Free bytes on the file system holding ``path`` (or the KIMI_FETCH_FAKE_FREE_BYTES test hook)."""
-    fake = os.environ.get(FAKE_FREE_ENV)
-    if fake:
-        return int(fake)
-    return shutil.disk_usage(path).free
-
-
-def _other_snapshots(root: Path, exclude: set[Path]) -> list[tuple[str, int]]:
-    """Complete snapshots on the volume (for the not-enough-space hint), largest first."""
-    found: list[tuple[str, int]] = []
-    for manifest in root.glob(f"*/*/*/{weights.MANIFEST_NAME}"):
-        if manifest.parent in exclude:
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            m = weights.read_manifest(manifest.parent)
-            if m is not None:
-                found.append((str(manifest.parent.relative_to(root)), m.total_bytes))
-    return sorted(found, key=lambda x: -x[1])
-
-
-# ------------------------------------------------------------------------------------------------ the fetcher
 
 
 class Fetcher:
@@ -530,8 +99,8 @@ class Fetcher:
         self.verify = verify
         self.max_attempts = max_attempts
         self.scrub = scrub or Scrubber([token])
-        self.tracker = _Tracker()
-        self.reporter = _Reporter(self.tracker, progress_interval, list(sinks), self.scrub)
+        self.tracker = Tracker()
+        self.reporter = Reporter(self.tracker, progress_interval, list(sinks), self.scrub)
         self.stop = threading.Event()
         self._lock_files: list[IO[str]] = []
         self.snapshots: list[Snapshot] = []
@@ -695,41 +264,22 @@ class Fetcher:
 
     # ---- lock
     def _take_lock(self, snap: Snapshot) -> None:
-        """One fetcher per snapshot (two deployments of the same model may run two Jobs on one volume)."""
-        snap.meta_dir.mkdir(parents=True, exist_ok=True)
-        f = (snap.meta_dir / _LOCK_FILE).open("a+")  # held (locked) for the whole run
-        waited = False
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    log.warning("cannot lock %s (%s); continuing without the lock", snap.path, err)
-                    break
-                if not waited:
-                    f.seek(0)
-                    holder = f.read().strip() or "unknown"
-                    msg = f"another fetcher ({holder}) is downloading {snap.repo}@{snap.commit[:12]}; waiting for it"
-                    log.info(msg)
-                    self.tracker.message = msg
-                    waited = True
-                self._sleep(2)
-        f.seek(0)
-        f.truncate()
-        f.write(f"pod={os.environ.get('POD_NAME') or socket.gethostname()} pid={os.getpid()} since={now_rfc3339()}\n")
-        f.flush()
-        self._lock_files.append(f)
+        """One fetcher per snapshot (state.take_lock); the lock is held until run() ends."""
+
+        def waiting(msg: str) -> None:
+            self.tracker.message = msg
+
+        self._lock_files.append(take_lock(snap, sleep=self._sleep, waiting=waiting))
 
     # ---- inspect what is on the volume
-    def _inspect(self) -> tuple[list[_Job], dict[str, _State]]:
-        states = {s.commit: _State(s) for s in self.snapshots}
-        jobs: list[_Job] = []
-        to_hash: list[_Job] = []
+    def _inspect(self) -> tuple[list[Job], dict[str, State]]:
+        states = {s.commit: State(s) for s in self.snapshots}
+        jobs: list[Job] = []
+        to_hash: list[Job] = []
         for snap in self.snapshots:
             state = states[snap.commit]
             for rf in snap.files:
-                job = _Job(snap, rf)
+                job = Job(snap, rf)
                 jobs.append(job)
                 try:
                     st = job.path.stat()
@@ -779,9 +329,9 @@ class Fetcher:
             self.tracker.hash_total = 0
         return jobs, states
 
-    def _verify_existing(self, job: _Job, state: _State) -> None:
-        digest = _Digest(job.rf)
-        _hash_into(digest, job.path, job.rf.size + 1, self.stop, self.tracker.hashed)
+    def _verify_existing(self, job: Job, state: State) -> None:
+        digest = Digest(job.rf)
+        hash_into(digest, job.path, job.rf.size + 1, self.stop, self.tracker.hashed)
         problem = digest.problem()
         if problem is None:
             state.record(job.rf, digest.sha256.hexdigest(), digest.blob_id, job.path.stat())
@@ -790,7 +340,7 @@ class Fetcher:
         else:
             self._discard(job, state, problem)
 
-    def _discard(self, job: _Job, state: _State, problem: str) -> None:
+    def _discard(self, job: Job, state: State, problem: str) -> None:
         """A file on the volume that is not what the Hub has: it goes, and the snapshot is no longer complete."""
         snap = job.snap
         log.warning(
@@ -802,11 +352,11 @@ class Fetcher:
         job.done = False
         job.on_disk = 0
 
-    def _link_from_other_commits(self, jobs: list[_Job], states: dict[str, _State]) -> list[_Job]:
+    def _link_from_other_commits(self, jobs: list[Job], states: dict[str, State]) -> list[Job]:
         """A new commit of the same repo usually shares the weight shards: hard-link verified identical files from
         other snapshots of the repo on this volume instead of downloading them again."""
         wanted = {j.rf.sha256: j for j in jobs if j.rf.sha256}
-        linked: list[_Job] = []
+        linked: list[Job] = []
         if not wanted:
             return linked
         for snap in self.snapshots:
@@ -815,7 +365,7 @@ class Fetcher:
                 if other.name in states or not wanted:
                     continue
                 try:
-                    data = json.loads((other / weights.STATE_DIR / _STATE_FILE).read_text())
+                    data = json.loads((other / weights.STATE_DIR / STATE_FILE).read_text())
                     records: dict[str, dict[str, Any]] = data["files"]
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
@@ -852,7 +402,7 @@ class Fetcher:
         return linked
 
     # ---- space
-    def _check_space(self, todo: list[_Job]) -> None:
+    def _check_space(self, todo: list[Job]) -> None:
         needed = sum(j.rf.size - j.on_disk for j in todo)
         self.root.mkdir(parents=True, exist_ok=True)
         free = free_space(self.root)
@@ -868,7 +418,7 @@ class Fetcher:
         )
         if needed <= free:
             return
-        others = _other_snapshots(self.root, {s.path for s in self.snapshots})
+        others = other_snapshots(self.root, {s.path for s in self.snapshots})
         hint = ""
         if others:
             listed = ", ".join(f"{name} ({weights.human_bytes(size)})" for name, size in others[:5])
@@ -881,14 +431,14 @@ class Fetcher:
         )
 
     # ---- download
-    def _download_all(self, todo: list[_Job], states: dict[str, _State]) -> None:
+    def _download_all(self, todo: list[Job], states: dict[str, State]) -> None:
         from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
         headers = build_hf_headers(token=self.token or False, library_name="kimi-operator", library_version=__version__)
         ordered = sorted(todo, key=lambda j: (j.on_disk == 0, j.snap.repo, j.rf.name))  # resume partials first
         self._pool(ordered, lambda j: self._download(j, states[j.snap.commit], headers))
 
-    def _pool(self, jobs: list[_Job], fn: Callable[[_Job], None]) -> None:
+    def _pool(self, jobs: list[Job], fn: Callable[[Job], None]) -> None:
         """Run fn over jobs with `concurrency` threads; the first failure stops the others (partials are kept)."""
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as pool:
             futures: list[Future[None]] = [pool.submit(fn, j) for j in jobs]
@@ -904,7 +454,7 @@ class Fetcher:
                     for f in futures:
                         f.cancel()
         errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
-        real = [e for e in errors if not isinstance(e, _CancelledError)]
+        real = [e for e in errors if not isinstance(e, CancelledError)]
         if real:
             raise real[0]
         if errors or self.stop.is_set():
@@ -912,9 +462,9 @@ class Fetcher:
 
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
-            raise _CancelledError
+            raise CancelledError
 
-    def _download(self, job: _Job, state: _State, headers: dict[str, str]) -> None:
+    def _download(self, job: Job, state: State, headers: dict[str, str]) -> None:
         import httpx2
         from huggingface_hub import hf_hub_url
         from huggingface_hub.errors import HfHubHTTPError
@@ -926,23 +476,23 @@ class Fetcher:
         url = hf_hub_url(snap.repo, rf.name, revision=snap.commit, endpoint=self.endpoint)
         attempts = mismatches = 0
         delay = 1.0  # doubled before the first wait: 2, 4, 8 ... 60 s
-        digest: _Digest | None = None
+        digest: Digest | None = None
         while True:
             if self.stop.is_set():
-                raise _CancelledError
-            writer: _Writer | None = None
+                raise CancelledError
+            writer: Writer | None = None
             try:
                 have = part.stat().st_size if part.exists() else 0
                 if have > rf.size:
                     part.unlink()
                     have = 0
                 if digest is None or digest.n != have:
-                    digest = _Digest(rf)
+                    digest = Digest(rf)
                     if have:
-                        _hash_into(digest, part, have, self.stop, lambda _n: None)
+                        hash_into(digest, part, have, self.stop, lambda _n: None)
                 job.on_disk = have
                 with part.open("ab") as f:
-                    writer = _Writer(f, part, digest, job, self.tracker, self.stop)
+                    writer = Writer(f, part, digest, job, self.tracker, self.stop)
                     if have < rf.size:
                         if have:
                             log.info(
@@ -974,7 +524,7 @@ class Fetcher:
                 job.done = True
                 log.debug("%s: done", rf.name)
                 return
-            except (_CancelledError, FetchError):
+            except (CancelledError, FetchError):
                 raise
             except HfHubHTTPError as err:
                 status = _status(err)
@@ -1000,12 +550,12 @@ class Fetcher:
             progressed = writer is not None and writer.written > 0
             attempts = 1 if progressed else attempts + 1
             if attempts >= self.max_attempts:
-                raise FetchError(f"{rf.name}: giving up after {attempts} attempts: {_one_line(failure)}")
+                raise FetchError(f"{rf.name}: giving up after {attempts} attempts: {one_line(failure)}")
             delay = 2.0 if progressed else min(delay * 2, 60.0)
             log.warning(
                 "%s: %s; retrying in %.0fs (attempt %d/%d)",
                 rf.name,
-                _one_line(failure),
+                one_line(failure),
                 delay,
                 attempts + 1,
                 self.max_attempts,
@@ -1013,7 +563,7 @@ class Fetcher:
             self._sleep(delay)
 
     # ---- completion
-    def _complete(self, snap: Snapshot, state: _State) -> None:
+    def _complete(self, snap: Snapshot, state: State) -> None:
         problems: list[str] = []
         files: dict[str, weights.ManifestFile] = {}
         for rf in snap.files:
@@ -1052,7 +602,7 @@ class Fetcher:
                 len(files),
                 weights.human_bytes(manifest.total_bytes),
             )
-        shutil.rmtree(snap.meta_dir / _PARTIAL_DIR, ignore_errors=True)
+        shutil.rmtree(snap.meta_dir / PARTIAL_DIR, ignore_errors=True)
         ref = Path(weights.ref_file(str(self.root), snap.repo, snap.revision))
         ref.parent.mkdir(parents=True, exist_ok=True)
         weights.atomic_write(ref, snap.commit + "\n")
@@ -1062,12 +612,6 @@ def _status(err: BaseException) -> int | None:
     response = getattr(err, "response", None)
     code = getattr(response, "status_code", None)
     return code if isinstance(code, int) else None
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 _HF_CONFIGURED = False
@@ -1095,9 +639,6 @@ def _configure_huggingface_hub() -> None:
     _HF_CONFIGURED = True
 
 
-# ------------------------------------------------------------------------------------------------ API and CLI
-
-
 def fetch(
     repo: str,
     revision: str = "main",
@@ -1122,9 +663,9 @@ def fetch(
     targets = [Target(repo, revision)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
     sinks: list[Callable[[FetchProgress], None]] = []
     if progress_file:
-        sinks.append(_progress_file_sink(progress_file))
+        sinks.append(progress_file_sink(progress_file))
     if progress_stream is not None:
-        sinks.append(_stream_sink(progress_stream))
+        sinks.append(stream_sink(progress_stream))
     fetcher = Fetcher(
         targets,
         root,
@@ -1137,112 +678,3 @@ def fetch(
         max_attempts=max_attempts,
     )
     return fetcher.run()
-
-
-@contextlib.contextmanager
-def _stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        on_signal(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _write_termination_log(path: str, data: dict[str, Any]) -> None:
-    """Kubernetes shows this file's content as the container's termination message (operator can read it)."""
-    if not path or not Path(path).exists() or not os.access(path, os.W_OK):
-        return
-    with contextlib.suppress(OSError):
-        Path(path).write_text(json.dumps(data, separators=(",", ":"))[:4000])
-
-
-def main(
-    repo: str,
-    revision: str,
-    root: str,
-    *,
-    concurrency: int = 8,
-    draft_repo: str = "",
-    draft_revision: str = "main",
-    progress_file: str = "",
-    progress_interval: float = 10.0,
-    verify: Verify = "fast",
-    termination_log: str = "/dev/termination-log",
-    max_attempts: int = MAX_ATTEMPTS,
-) -> int:
-    """The `kimi-operator fetch` command: environment in, logs and exit code out. Never prints the token."""
-    token = os.environ.get("HF_TOKEN") or None
-    scrub = Scrubber([token])
-    _setup_logging(scrub)
-    targets = [Target(repo, revision)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
-    log.info(
-        "kimi-operator %s fetch: %s into %s (concurrency %d, verify %s, token %s, endpoint %s)",
-        __version__,
-        ", ".join(f"{t.repo}@{t.revision}" for t in targets),
-        root,
-        concurrency,
-        verify,
-        "from HF_TOKEN" if token else "none",
-        os.environ.get("HF_ENDPOINT") or "https://huggingface.co",
-    )
-    sinks: list[Callable[[FetchProgress], None]] = []
-    try:
-        if progress_file:
-            sinks.append(_progress_file_sink(progress_file))
-        sinks.append(_stream_sink(sys.stdout))
-        fetcher = Fetcher(
-            targets,
-            root,
-            concurrency=concurrency,
-            token=token,
-            verify=verify,
-            progress_interval=progress_interval,
-            sinks=sinks,
-            scrub=scrub,
-            max_attempts=max_attempts,
-        )
-
-        def on_signal(signum: int) -> None:
-            log.warning("received %s: stopping; partial files are kept for the next run", signal.Signals(signum).name)
-            fetcher.stop.set()
-
-        with _stop_on_signals(on_signal):
-            snapshots = fetcher.run()
-    except FetchError as err:
-        message = scrub(err.message)
-        log.error("fetch failed (exit %d): %s", err.exit_code, message)
-        _write_termination_log(termination_log, {"exitCode": err.exit_code, "error": message})
-        return err.exit_code
-    except _CancelledError:
-        log.error("fetch stopped")
-        return EXIT_FAILED
-    except Exception as err:
-        log.error("fetch failed: %s", scrub("".join(traceback.format_exception(err))))
-        _write_termination_log(termination_log, {"exitCode": EXIT_FAILED, "error": scrub(_one_line(err))})
-        return EXIT_FAILED
-    result = {"snapshots": [s.summary() for s in snapshots]}
-    _write_termination_log(termination_log, result)
-    print(json.dumps(result, separators=(",", ":")), flush=True)
-    return EXIT_OK
-
-
-def _setup_logging(scrub: Scrubber) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root.addHandler(stream)
-    root.setLevel(logging.INFO)
-    for handler in root.handlers:
-        handler.addFilter(ScrubFilter(scrub))
-    logging.captureWarnings(True)
-    for noisy in ("urllib3", "httpx2", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

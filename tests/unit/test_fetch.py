@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from kimi_operator import fetcher, weights
+from kimi_operator import fetch, weights
+from kimi_operator.fetch.scrub import Scrubber
+from kimi_operator.fetch.state import FAKE_FREE_ENV, free_space
 from kimi_testbed.hub import HubStandIn, RepoLayout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +248,7 @@ def test_sigterm_stops_cleanly_and_keeps_partial_files(big_hub: HubStandIn, tmp_
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - started < 5
-    assert proc.returncode == fetcher.EXIT_FAILED, err
+    assert proc.returncode == fetch.EXIT_FAILED, err
     assert "received SIGTERM" in err and "stopped" in err
     progress = weights.FetchProgress.from_json((tmp_path / "progress.json").read_text())
     assert progress.phase == "failed" and 0 < progress.bytes_done < progress.bytes_total
@@ -335,7 +337,7 @@ def test_corrupt_bytes_from_the_hub_are_discarded_and_fetched_again(hub: HubStan
 def test_hub_that_keeps_serving_corrupt_bytes_fails(hub: HubStandIn, tmp_path: Path) -> None:
     hub.corrupt(SHARDS[0], times=10)
     r = run_fetch(hub, tmp_path)
-    assert r.returncode == fetcher.EXIT_FAILED
+    assert r.returncode == fetch.EXIT_FAILED
     assert "never matched" in r.stderr
     assert not (snap_dir(tmp_path, hub) / SHARDS[0]).exists()
     assert weights.read_manifest(snap_dir(tmp_path, hub)) is None
@@ -361,7 +363,7 @@ def test_dropped_connection_and_server_error_are_retried(big_hub: HubStandIn, tm
 
 def test_not_enough_space_exits_3_before_any_byte(hub: HubStandIn, tmp_path: Path) -> None:
     r = run_fetch(hub, tmp_path, KIMI_FETCH_FAKE_FREE_BYTES=str(10 * MB))
-    assert r.returncode == fetcher.EXIT_NO_SPACE == 3
+    assert r.returncode == fetch.EXIT_NO_SPACE == 3
     assert "not enough space" in r.stderr and "needs 35.7 MB more" in r.stderr and "10.5 MB is free" in r.stderr
     assert "spec.weights.size" in r.stderr
     assert file_bytes(hub) == {}
@@ -387,7 +389,7 @@ def test_token_is_sent_never_printed_and_missing_or_wrong_token_is_exit_2(
     assert TOKEN not in everything and "secret-xyz" not in everything
 
     anon = run_fetch(hub, tmp_path / "anon")
-    assert anon.returncode == fetcher.EXIT_BAD_REQUEST == 2
+    assert anon.returncode == fetch.EXIT_BAD_REQUEST == 2
     assert "unauthorized" in anon.stderr and "no HF_TOKEN" in anon.stderr
 
     wrong = run_fetch(hub, tmp_path / "wrong", HF_TOKEN="wrong-token-987654")
@@ -502,9 +504,9 @@ def test_progress_lines_on_stdout_are_what_the_operator_parses(hub: HubStandIn, 
 
 
 def test_scrubber_and_free_space_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scrub = fetcher.Scrubber(["tok-123456", None, ""])
+    scrub = Scrubber(["tok-123456", None, ""])
     assert scrub("Authorization: Bearer tok-123456!") == "Authorization: Bearer ***!"
-    monkeypatch.delenv(fetcher.FAKE_FREE_ENV, raising=False)
-    assert fetcher.free_space(tmp_path) > 0
-    monkeypatch.setenv(fetcher.FAKE_FREE_ENV, "1234")
-    assert fetcher.free_space(tmp_path) == 1234
+    monkeypatch.delenv(FAKE_FREE_ENV, raising=False)
+    assert free_space(tmp_path) > 0
+    monkeypatch.setenv(FAKE_FREE_ENV, "1234")
+    assert free_space(tmp_path) == 1234
