@@ -17,6 +17,7 @@ from typing import Any
 import urllib3
 
 from kimi_operator import catalog, metrics, quantity, reconcile, render
+from kimi_operator import kube as kube_mod
 from kimi_operator.api import resource
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.api.resource import KimiDeployment
@@ -159,7 +160,8 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
     if draft and not reconcile.pinned_draft_commit(kd.status, draft):
         draft_commit, draft_error = resolver.resolve(draft, "main")
         error = error or draft_error
-    claim = render.names(name, spec).pvc
+    names = render.names(name, spec)
+    claim = names.pvc
     done = kd.status.weights.completed_key if kd.status.weights else None
     if pinned and done == f"{repo}@{pinned}":
         completed: frozenset[str] = frozenset()  # already complete here: no need to look at the neighbours
@@ -171,9 +173,46 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
         draft_commit=draft_commit,
         resolve_error=error,
         completed_on_claim=completed,
-        volume_problem=_volume_problem(kube, namespace, children.get(("PersistentVolumeClaim", claim)), volume_grace),
+        volume_problem=_claim_problem(kube, namespace, spec, claim, children, volume_grace),
         node_allocatable=_smallest_node(kube, spec),
+        fetch_create_error=_fetch_create_error(kube, namespace, children.get(("Job", names.job)), fetch_pods),
     )
+
+
+def _claim_problem(
+    kube: Kube,
+    namespace: str,
+    spec: KimiDeploymentSpec,
+    claim: str,
+    children: dict[tuple[str, str], Manifest],
+    grace: int,
+) -> str:
+    """Why the weights PVC cannot be used: a user's existing claim that does not exist (said at once), or any claim
+    still Pending after `grace` seconds."""
+    if not spec.weights.existing_claim_name:
+        return _volume_problem(kube, namespace, children.get(("PersistentVolumeClaim", claim)), grace)
+    pvc = kube.get(kube_mod.CHILD_TYPES["PersistentVolumeClaim"], namespace, claim)
+    if pvc is None:
+        return (
+            f"PersistentVolumeClaim {claim} (spec.weights.existingClaimName) does not exist in namespace {namespace}: "
+            "create it, or unset existingClaimName and the operator creates one"
+        )
+    return _volume_problem(kube, namespace, pvc, grace)
+
+
+def _fetch_create_error(kube: Kube, namespace: str, job: Manifest | None, fetch_pods: list[Manifest]) -> str:
+    """The Job controller's FailedCreate message while the fetch Job has no pod (admission refused it: a missing
+    PriorityClass, a ResourceQuota, Pod Security...). Read only in that case: one Event list per reconcile."""
+    if job is None or fetch_pods or (job.get("status") or {}).get("active"):
+        return ""
+    events = [
+        e
+        for e in kube.events_for(namespace, "Job", job["metadata"]["name"])
+        if e.get("reason") == "FailedCreate"
+        and (e.get("involvedObject") or {}).get("uid") in (None, job["metadata"].get("uid"))
+    ]
+    events.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return str(events[-1].get("message") or "") if events else ""
 
 
 WRITE_RETRY_SECONDS = 10.0

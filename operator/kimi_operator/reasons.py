@@ -40,6 +40,7 @@ class Reason(StrEnum):
     LOADING = "Loading"
     UNSCHEDULABLE = "Unschedulable"
     APPLY_FAILED = "ApplyFailed"
+    FAILED_CREATE = "FailedCreate"  # the workload's controller cannot create pods (admission: quota, priority...)
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
     NO_REPLICA_READY = "NoReplicaReady"
     # -- a container stuck in a state it does not leave by itself: each needs a person (an image name, a Secret)
@@ -107,9 +108,41 @@ _WARNINGS: frozenset[Reason] = frozenset(
         Reason.REVISION_UNRESOLVED,
         Reason.UNSCHEDULABLE,
         Reason.APPLY_FAILED,
+        Reason.FAILED_CREATE,
         Reason.METRICS_UNAVAILABLE,
         Reason.NO_READY_REPLICAS,
     }
     | FAILING_CONTAINER_REASONS
 )
 WARNING_REASONS: frozenset[Reason] = _WARNINGS
+
+# The reasons the Ready condition (the STATUS column) can carry. The others belong to WeightsReady (Downloading,
+# Downloaded, Reused), Available, Progressing (Complete), ScalingActive and the autoscaler's Events.
+READY_REASONS: frozenset[Reason] = frozenset(
+    {
+        Reason.READY,
+        Reason.SCALED_TO_ZERO,
+        Reason.DOWNLOADING_WEIGHTS,
+        Reason.SWITCHING_TOPOLOGY,
+        Reason.ROLLING_OUT,
+        Reason.LOADING,
+        Reason.INVALID_SPEC,
+        Reason.UNKNOWN_CHECKPOINT,
+        Reason.UNKNOWN_ACCELERATOR,
+        Reason.CONTEXT_TOO_LONG,
+        Reason.DOES_NOT_FIT,
+        Reason.UNSUPPORTED_BY_CHECKPOINT,
+        Reason.UNSUPPORTED_BY_ENGINE,
+        Reason.ACCELERATOR_MISMATCH,
+        Reason.VOLUME_TOO_SMALL,
+        Reason.INVALID_TOPOLOGY,
+        Reason.LWS_NOT_INSTALLED,
+        Reason.VOLUME_NOT_BOUND,
+        Reason.FETCH_FAILED,
+        Reason.REVISION_UNRESOLVED,
+        Reason.UNSCHEDULABLE,
+        Reason.APPLY_FAILED,
+        Reason.FAILED_CREATE,
+    }
+    | FAILING_CONTAINER_REASONS
+)

@@ -233,3 +233,39 @@ def test_a_child_the_api_server_refuses_is_reported_with_its_reason_and_an_event
     )
     env.apply(kd("refused"))  # fixed: the failure clears with the next generation
     env.wait_condition("refused", "Ready", "True", "Ready", timeout=60)
+
+
+def test_an_existing_claim_that_does_not_exist_is_reported_at_once_and_nothing_downloads(env: Env) -> None:
+    env.apply(kd("noclaim", weights={"existingClaimName": "no-such-claim"}))
+    cond = env.wait_condition("noclaim", "Ready", "False", "VolumeNotBound", timeout=30)
+    assert "no-such-claim" in cond["message"] and "does not exist" in cond["message"], cond
+    assert "Job" not in {k for k, _ in env.kube.list_children(env.ns, "app.kubernetes.io/instance=noclaim")[0]}
+    wait_for(
+        lambda: ("Warning", "VolumeNotBound") in env.events("noclaim") or NotYet(env.events("noclaim")),
+        timeout=30,
+        what="a Warning VolumeNotBound Event",
+    )
+
+
+def test_a_missing_priority_class_is_reported_with_the_admission_message(env: Env) -> None:
+    """The API server's Priority admission refuses the fetch pod; the Job controller says so only in an Event."""
+    weights_pv(env.kubectl, env.ns, "noprio-weights")
+    env.apply(kd("noprio", topology={"priorityClassName": "no-such-priority"}))
+    cond = env.wait_condition("noprio", "Ready", "False", "FailedCreate", timeout=60)
+    assert "fetch Job" in cond["message"] and "no-such-priority" in cond["message"], cond
+    assert ("Warning", "FailedCreate") in env.events("noprio")
+    cond = env.condition("noprio", "Progressing")
+    assert cond is not None and cond["status"] == "False", cond
+    # fixed: the PriorityClass appears, the Job's next attempt creates the pod and the download proceeds
+    env.kubectl.apply(
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": "no-such-priority"},
+            "value": 10,
+        }
+    )
+    try:
+        env.wait_condition("noprio", "Ready", "True", "Ready", timeout=180)
+    finally:
+        env.kubectl.run("delete", "priorityclass", "no-such-priority", "--ignore-not-found", check=False)

@@ -68,3 +68,43 @@ def test_a_node_without_logs_gives_no_progress_not_a_failed_reconcile() -> None:
     assert tails(kube, "kd", [pod("kd-fetch-a", "Running")]) == {"kd-fetch-a": ""}
     assert tails(kube, "kd", [pod("kd-fetch-a", "Running")]) == {"kd-fetch-a": ""}
     assert len(kube.reads) == 1, "a failed read counts against the interval too"
+
+
+class Refs:
+    """Answers get (PVCs by name) and events_for (a Job's events) like the API server would."""
+
+    def __init__(self, pvcs: dict[str, dict[str, Any]], events: list[dict[str, Any]]) -> None:
+        self.pvcs, self.events, self.event_reads = pvcs, events, 0
+
+    def get(self, rtype: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        assert rtype.kind == "PersistentVolumeClaim" and namespace == "ns"
+        return self.pvcs.get(name)
+
+    def events_for(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        assert (namespace, kind, name) == ("ns", "Job", "kd-fetch")
+        self.event_reads += 1
+        return self.events
+
+
+def test_an_existing_claim_that_is_missing_is_a_problem_at_once_and_a_bound_one_is_none() -> None:
+    from kimi_operator.api.models import KimiDeploymentSpec
+
+    spec = KimiDeploymentSpec.model_validate({"weights": {"existingClaimName": "mine"}})
+    missing = controller._claim_problem(cast(Kube, Refs({}, [])), "ns", spec, "mine", {}, 30)
+    assert "mine (spec.weights.existingClaimName) does not exist in namespace ns" in missing
+    bound = {"metadata": {"name": "mine"}, "status": {"phase": "Bound"}}
+    assert controller._claim_problem(cast(Kube, Refs({"mine": bound}, [])), "ns", spec, "mine", {}, 30) == ""
+
+
+def test_the_fetch_jobs_failed_create_event_is_read_only_while_it_has_no_pod() -> None:
+    job = {"metadata": {"name": "kd-fetch", "uid": "j1"}, "status": {}}
+    events = [
+        {"reason": "FailedCreate", "message": "old", "lastTimestamp": "2026-11-23T12:00:00Z"},
+        {"reason": "SuccessfulCreate", "message": "created", "lastTimestamp": "2026-11-23T12:00:30Z"},
+        {"reason": "FailedCreate", "message": "no PriorityClass", "lastTimestamp": "2026-11-23T12:01:00Z"},
+    ]
+    kube = Refs({}, events)
+    assert controller._fetch_create_error(cast(Kube, kube), "ns", job, []) == "no PriorityClass"
+    assert controller._fetch_create_error(cast(Kube, kube), "ns", job, [pod("kd-fetch-a", "Running")]) == ""
+    assert controller._fetch_create_error(cast(Kube, kube), "ns", None, []) == ""
+    assert kube.event_reads == 1, "events are listed only for a Job without pods"

@@ -57,6 +57,7 @@ class Server:
         self.hub: dict[str, str] = {"main": COMMIT, "v2": COMMIT_V2}  # what the Hub resolves revisions to
         self.completed_on_claim: frozenset[str] = frozenset()
         self.volume_problem = ""
+        self.fetch_create_error = ""
 
     def observed(self) -> reconcile.Observed:
         revision = (self.body["spec"].get("model") or {}).get("revision", "main")
@@ -71,6 +72,7 @@ class Server:
             resolve_error="" if revision in self.hub else "hub unreachable",
             completed_on_claim=self.completed_on_claim,
             volume_problem=self.volume_problem,
+            fetch_create_error=self.fetch_create_error,
         )
 
     def step(self, now: str = NOW) -> reconcile.Actions:
@@ -610,3 +612,33 @@ def test_weights_states_answer_what_the_decision_asks(state: WeightsState) -> No
     assert state.ready_reason.warning == (
         state in (WeightsState.FETCH_FAILED, WeightsState.VOLUME_NOT_BOUND, WeightsState.REVISION_UNRESOLVED)
     )
+
+
+def test_a_fetch_pod_admission_refuses_is_failed_create_not_downloading() -> None:
+    s = Server({"topology": {"priorityClassName": "nope"}})
+    s.step()
+    s.fetch_create_error = 'Error creating: pods "kd-fetch-x" is forbidden: no PriorityClass with name nope was found'
+    actions = s.step()
+    ready = _cond(s, "Ready")
+    assert ready["reason"] == "FailedCreate" and "no PriorityClass with name nope" in ready["message"], ready
+    assert _cond(s, "Progressing")["status"] == "False"
+    assert ("Warning", "FailedCreate") in {(e.type, e.reason) for e in actions.events}
+    assert ("Job", "kd-fetch") in s.children, "the Job stays: it retries by itself once the cause is fixed"
+    s.fetch_create_error = ""
+    s.step()
+    assert _cond(s, "Ready")["reason"] == "DownloadingWeights"
+
+
+def test_a_deployment_whose_pods_admission_refuses_is_failed_create() -> None:
+    s = _serving()
+    dep = s.children[("Deployment", "kd")]
+    dep["status"] = {
+        "observedGeneration": dep["metadata"]["generation"],
+        "replicas": 0,
+        "conditions": [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "exceeded quota: gpus"}
+        ],
+    }
+    s.step()
+    ready = _cond(s, "Ready")
+    assert ready["reason"] == "FailedCreate" and "Deployment kd cannot create pods: exceeded quota" in ready["message"]

@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Any
 
+from kimi_operator import reasons
 from kimi_operator.api import crd
 
 HEADER = """# KimiDeployment API reference (kimi-operator.dev/v1alpha1)
@@ -18,6 +19,10 @@ Every field is optional; the defaults below are applied by the API server. Rules
 listed under the object they apply to; what only the planner can judge is reported in `status.conditions`.
 
 """
+
+
+def _reason_order(r: reasons.Reason) -> int:
+    return list(reasons.Reason).index(r)
 
 
 def _type(node: dict[str, Any]) -> str:
@@ -63,9 +68,11 @@ def render() -> str:
     out += [
         "",
         "Conditions (metav1.Condition): `WeightsReady`, `Available`, `Progressing`, `Ready`. The `Ready` reason is",
-        "the STATUS column of `kubectl get kd`: `Ready`, `DownloadingWeights`, `FetchFailed`, `RollingOut`, `Loading`,",
-        "`Unschedulable`, `ScaledToZero`, `InvalidSpec`, `UnknownCheckpoint`, `UnknownAccelerator`, `ContextTooLong`,",
-        "`DoesNotFit`, `UnsupportedByCheckpoint`, `LeaderWorkerSetNotInstalled`, `SwitchingTopology`.",
+        "the STATUS column of `kubectl get kd`: "
+        + ", ".join(f"`{r}`" for r in sorted(reasons.READY_REASONS, key=_reason_order))
+        + ". Those a person must act on (a Warning Event; Degraded for Argo CD and Flux): "
+        + ", ".join(f"`{r}`" for r in sorted(reasons.READY_REASONS & reasons.WARNING_REASONS, key=_reason_order))
+        + ".",
         "With autoscaling on, a fifth condition `ScalingActive` says whether queue depth could be read",
         "(`MetricsUnavailable` when not).",
         "",

@@ -134,6 +134,14 @@ def _unschedulable(pods: list[Manifest]) -> str | None:
     return None
 
 
+def _replica_failure(workload: Manifest | None) -> str | None:
+    """The Deployment's ReplicaFailure message (its ReplicaSet cannot create pods: admission refused them)."""
+    for cond in ((workload or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return str(cond.get("message") or cond.get("reason") or "pods cannot be created")
+    return None
+
+
 def failing_pod(pods: list[Manifest]) -> tuple[Reason, str] | None:
     """(reason, message) of the first pod whose container is stuck in a state it will not leave by itself, e.g.
     (ImagePullBackOff, "pod kd-7d9 container sglang: Back-off pulling image ...")."""
@@ -260,6 +268,7 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         available = condition("Available", False, Reason.NO_REPLICA_READY, "no replica is serving yet", generation, now)
 
     unschedulable = _unschedulable(observed.pods)
+    replica_failure = _replica_failure(dep)
     failing = failing_pod(observed.pods) or (None if weights.ready else failing_pod(observed.fetch_pods))
     reason: Reason
     if observed.write_failures:
@@ -271,6 +280,16 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         )
     elif failing is not None and not rolled_out:
         reason, msg = failing[0], failing[1] + " (the pod will not recover by itself)"
+    elif not weights.ready and observed.fetch_create_error:
+        reason, msg = (
+            Reason.FAILED_CREATE,
+            f"the fetch Job cannot create its pod: {observed.fetch_create_error} (fix the cause; the Job retries)",
+        )
+    elif weights.ready and replica_failure is not None and not rolled_out:
+        reason, msg = (
+            Reason.FAILED_CREATE,
+            f"{s.workload[0]} {s.workload[1]} cannot create pods: {replica_failure} (fix the cause; it retries)",
+        )
     elif not weights.ready:
         reason, msg = weights.state.ready_reason, weights.message
     elif rolled_out:
@@ -298,7 +317,13 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
             ),
         )
     done = reason in (Reason.READY, Reason.SCALED_TO_ZERO)
-    stalled = reason in (Reason.FETCH_FAILED, Reason.VOLUME_NOT_BOUND, Reason.REVISION_UNRESOLVED, Reason.APPLY_FAILED)
+    stalled = reason in (
+        Reason.FETCH_FAILED,
+        Reason.VOLUME_NOT_BOUND,
+        Reason.REVISION_UNRESOLVED,
+        Reason.APPLY_FAILED,
+        Reason.FAILED_CREATE,
+    )
     progressing = condition(
         "Progressing",
         not done and not stalled and reason not in FAILING_CONTAINER_REASONS,

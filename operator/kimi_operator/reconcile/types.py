@@ -54,6 +54,7 @@ class Observed:
     volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
     node_allocatable: tuple[int, int] | None = None  # (millicores, bytes) of the smallest matching node, if known
     write_failures: tuple[str, ...] = ()  # "Kind/name: server message" for writes the API server refused
+    fetch_create_error: str = ""  # the Job controller's FailedCreate message while the fetch Job has no pod
 
     @property
     def body(self) -> dict[str, Any]:
