@@ -153,8 +153,10 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
     repo, revision = spec.model.repo, spec.model.revision
     commit, error = None, ""
     pinned = reconcile.pinned_commit(kd.status, revision)
+    revision_missing = False
     if not pinned:
         commit, error = resolver.resolve(repo, revision)
+        revision_missing = commit is None and resolver.missing(repo, revision)
     draft = spec.engine.speculative.draft_repo if spec.engine.speculative is not None else None
     draft_commit = None
     if draft and not reconcile.pinned_draft_commit(kd.status, draft):
@@ -172,6 +174,7 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
         resolved_commit=commit,
         draft_commit=draft_commit,
         resolve_error=error,
+        revision_missing=revision_missing,
         completed_on_claim=completed,
         volume_problem=_claim_problem(kube, namespace, spec, claim, children, volume_grace),
         node_allocatable=_smallest_node(kube, spec),

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     VOLUME_NOT_BOUND = "VolumeNotBound"
     FETCH_FAILED = "FetchFailed"
     REVISION_UNRESOLVED = "RevisionUnresolved"
+    REVISION_NOT_FOUND = "RevisionNotFound"  # the Hub has the repo but not the spec's revision: nothing downloads
     # -- serving (Ready, Progressing, Available)
     READY = "Ready"
     COMPLETE = "Complete"
@@ -106,6 +107,7 @@ _WARNINGS: frozenset[Reason] = frozenset(
         Reason.VOLUME_NOT_BOUND,
         Reason.FETCH_FAILED,
         Reason.REVISION_UNRESOLVED,
+        Reason.REVISION_NOT_FOUND,
         Reason.UNSCHEDULABLE,
         Reason.APPLY_FAILED,
         Reason.FAILED_CREATE,
@@ -140,6 +142,7 @@ READY_REASONS: frozenset[Reason] = frozenset(
         Reason.VOLUME_NOT_BOUND,
         Reason.FETCH_FAILED,
         Reason.REVISION_UNRESOLVED,
+        Reason.REVISION_NOT_FOUND,
         Reason.UNSCHEDULABLE,
         Reason.APPLY_FAILED,
         Reason.FAILED_CREATE,

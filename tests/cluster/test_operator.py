@@ -254,8 +254,8 @@ def test_a_missing_priority_class_is_reported_with_the_admission_message(env: En
     cond = env.wait_condition("noprio", "Ready", "False", "FailedCreate", timeout=60)
     assert "fetch Job" in cond["message"] and "no-such-priority" in cond["message"], cond
     assert ("Warning", "FailedCreate") in env.events("noprio")
-    cond = env.condition("noprio", "Progressing")
-    assert cond is not None and cond["status"] == "False", cond
+    progressing = env.condition("noprio", "Progressing")
+    assert progressing is not None and progressing["status"] == "False", progressing
     # fixed: the PriorityClass appears, the Job's next attempt creates the pod and the download proceeds
     env.kubectl.apply(
         {

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kimi_operator import gateway, planner, reconcile, render
+from kimi_operator import gateway, planner, reasons, reconcile, render
 from kimi_operator.api import resource
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
@@ -609,9 +609,8 @@ def test_weights_states_answer_what_the_decision_asks(state: WeightsState) -> No
     assert not (state.ready and state.wants_fetch_job), "ready weights never want a fetch Job"
     assert not (state.waits and state.wants_fetch_job), "a state that waits leaves the Job alone"
     assert state.ready == (state in (WeightsState.DOWNLOADED, WeightsState.REUSED))
-    assert state.ready_reason.warning == (
-        state in (WeightsState.FETCH_FAILED, WeightsState.VOLUME_NOT_BOUND, WeightsState.REVISION_UNRESOLVED)
-    )
+    assert state.ready or state.ready_reason.warning == (state.waits or state is WeightsState.FETCH_FAILED)
+    assert state.ready or state.ready_reason in reasons.READY_REASONS
 
 
 def test_a_fetch_pod_admission_refuses_is_failed_create_not_downloading() -> None:
@@ -642,3 +641,20 @@ def test_a_deployment_whose_pods_admission_refuses_is_failed_create() -> None:
     s.step()
     ready = _cond(s, "Ready")
     assert ready["reason"] == "FailedCreate" and "Deployment kd cannot create pods: exceeded quota" in ready["message"]
+
+
+def test_a_revision_the_hub_does_not_have_gets_no_fetch_job_and_says_so() -> None:
+    s = Server({"model": {"revision": "v9"}})
+    s.hub.pop("v9", None)
+    observed = s.observed()
+    import dataclasses
+
+    observed = dataclasses.replace(
+        observed, revision_missing=True, resolve_error="the Hub has no revision 'v9' in moonshotai/Kimi-K2.5"
+    )
+    actions = reconcile.decide(observed, CONFIG, NOW)
+    assert "Job" not in {m["kind"] for m in actions.apply}
+    assert actions.status is not None
+    ready = next(c for c in actions.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "RevisionNotFound" and "set spec.model.revision" in ready["message"], ready
+    assert ("Warning", "RevisionNotFound") in {(e.type, e.reason) for e in actions.events}

@@ -19,6 +19,7 @@ local degraded = {
   VolumeNotBound = true,
   FetchFailed = true,
   RevisionUnresolved = true,
+  RevisionNotFound = true,
   Unschedulable = true,
   ApplyFailed = true,
   FailedCreate = true,

@@ -59,6 +59,13 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     key = render.weights_key(p)
     job = observed.children.get(("Job", names.job))
     w = weights(kd.status, job, key, job_key, names.pvc, observed, rec, now)
+    if commit is None and observed.revision_missing:
+        w = Weights(
+            WeightsState.REVISION_NOT_FOUND,
+            f"{observed.resolve_error}: set spec.model.revision to a branch, tag or 40-hex commit of {p.repo} "
+            "(nothing is downloaded until it resolves)",
+            "Failed",
+        )
     if w.ready and not commit:
         why = observed.resolve_error or "the fetcher did not report the commit it downloaded"
         w = Weights(

@@ -321,6 +321,7 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         Reason.FETCH_FAILED,
         Reason.VOLUME_NOT_BOUND,
         Reason.REVISION_UNRESOLVED,
+        Reason.REVISION_NOT_FOUND,
         Reason.APPLY_FAILED,
         Reason.FAILED_CREATE,
     )

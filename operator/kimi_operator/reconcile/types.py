@@ -50,6 +50,7 @@ class Observed:
     resolved_commit: str | None = None  # the Hub's answer for spec.model.revision (None: unknown)
     draft_commit: str | None = None  # the Hub's answer for the draft model's main branch, when there is one
     resolve_error: str = ""
+    revision_missing: bool = False  # the Hub answered that spec.model.revision does not exist (definitive)
     completed_on_claim: frozenset[str] = frozenset()  # repo@commit keys other KimiDeployments completed here
     volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
     node_allocatable: tuple[int, int] | None = None  # (millicores, bytes) of the smallest matching node, if known

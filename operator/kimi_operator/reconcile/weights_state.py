@@ -30,6 +30,7 @@ class WeightsState(Enum):
     VOLUME_NOT_BOUND = Reason.VOLUME_NOT_BOUND
     FETCH_FAILED = Reason.FETCH_FAILED
     REVISION_UNRESOLVED = Reason.REVISION_UNRESOLVED  # downloaded, but which commit is unknown
+    REVISION_NOT_FOUND = Reason.REVISION_NOT_FOUND  # the Hub says the revision does not exist: no Job is created
 
     @property
     def reason(self) -> Reason:
@@ -49,7 +50,11 @@ class WeightsState(Enum):
     def waits(self) -> bool:
         """Blocked on something outside the download (the volume, the commit): an existing Job is left alone and
         the Ready condition gives this state's own reason."""
-        return self in (WeightsState.VOLUME_NOT_BOUND, WeightsState.REVISION_UNRESOLVED)
+        return self in (
+            WeightsState.VOLUME_NOT_BOUND,
+            WeightsState.REVISION_UNRESOLVED,
+            WeightsState.REVISION_NOT_FOUND,
+        )
 
     @property
     def ready_reason(self) -> Reason:
