@@ -391,25 +391,29 @@ class FakeKube(Kube):
 
 class FakeHub(Resolver):
     """The Hub as a dict: revisions of the model repo by name, and `"draft"` for any other repo's main branch.
-    A revision it does not know is "unreachable". The real Resolver's 40-hex short cut stays; its cache does not
-    (tests change what the Hub answers between two reconciles)."""
+    A revision it does not know is "unreachable" (not definitive), one in `absent` is one the Hub says it does not
+    have (RevisionNotFound). The real Resolver's 40-hex short cut stays; its cache does not (tests change what the
+    Hub answers between two reconciles)."""
 
     MODEL_REPO = "moonshotai/Kimi-K2.5"
 
     def __init__(self, revisions: dict[str, str] | None = None) -> None:
         super().__init__(None)
         self.hub: dict[str, str] = dict(revisions or {})
+        self.absent: set[str] = set()
         self.asked: list[tuple[str, str]] = []
 
-    def _ask(self, repo: str, revision: str, token: str | None) -> tuple[str | None, str]:
+    def _ask(self, repo: str, revision: str, token: str | None) -> tuple[str | None, str, bool]:
         self.asked.append((repo, revision if token is None else f"{revision} (with a token)"))
         key = revision if repo == self.MODEL_REPO else "draft"
         if key in self.hub:
-            return self.hub[key], ""
-        return None, f"cannot resolve {repo}@{revision} through the Hub: hub unreachable"
+            return self.hub[key], "", False
+        if key in self.absent:
+            return None, f"the Hub has no revision {revision!r} in {repo}", True
+        return None, f"cannot resolve {repo}@{revision} through the Hub: hub unreachable", False
 
     def resolve(self, repo: str, revision: str, token: str | None = None) -> tuple[str | None, str]:
-        self._cache.clear()  # tests change what the Hub answers between reconciles
+        self._cache.clear()  # tests change what the Hub answers between reconciles; missing() reads the last ask
         return super().resolve(repo, revision, token)
 
 

@@ -30,11 +30,14 @@ class Hub:
                 hub.requests.append((self.path, self.headers.get("Authorization", "")))
                 prefix = f"/api/models/{REPO}/revision/"
                 revision = self.path.split("?")[0].removeprefix(prefix)
-                if not self.path.startswith(prefix) or revision not in hub.revisions:
-                    # a request id that echoes the credentials (a careless proxy): huggingface_hub puts the
-                    # request id in the first line of its error, the line the Resolver reports
+                if revision == "denied":
+                    # refused, with a request id that echoes the credentials (a careless proxy): huggingface_hub
+                    # puts the request id in the first line of its error, the line the Resolver reports
                     echo = {"X-Request-Id": f"echo {self.headers.get('Authorization')}"}
-                    self._answer(404, {"error": f"Revision Not Found for {revision}"}, echo)
+                    self._answer(403, {"error": "Access denied"}, echo)
+                    return
+                if not self.path.startswith(prefix) or revision not in hub.revisions:
+                    self._answer(404, {"error": "Revision Not Found"}, {"X-Error-Code": "RevisionNotFound"})
                     return
                 sha = hub.revisions[revision]
                 self._answer(200, {"id": REPO, "modelId": REPO, **({"sha": sha} if sha else {})})
@@ -78,10 +81,17 @@ def test_a_commit_needs_no_call(hub: Hub) -> None:
     assert hub.requests == []
 
 
-def test_an_unknown_revision_is_an_error_that_names_it_and_never_the_token(hub: Hub) -> None:
-    commit, error = Resolver(hub.endpoint).resolve(REPO, "v9", token=TOKEN)
-    assert commit is None
-    assert error.startswith(f"cannot resolve {REPO}@v9 through the Hub: ")
+def test_a_revision_the_hub_does_not_have_is_a_definitive_answer(hub: Hub) -> None:
+    resolver = Resolver(hub.endpoint)
+    assert resolver.resolve(REPO, "v9") == (None, f"the Hub has no revision 'v9' in {REPO}")
+    assert resolver.missing(REPO, "v9") and not resolver.missing(REPO, "main")
+
+
+def test_a_refusal_is_an_error_that_names_the_revision_and_never_the_token(hub: Hub) -> None:
+    resolver = Resolver(hub.endpoint)
+    commit, error = resolver.resolve(REPO, "denied", token=TOKEN)
+    assert commit is None and not resolver.missing(REPO, "denied"), "not definitive: the fetcher decides"
+    assert error.startswith(f"cannot resolve {REPO}@denied through the Hub: ")
     assert hub.requests[0][1] == f"Bearer {TOKEN}", "the token is sent"
     assert TOKEN not in error and "(Request ID: echo Bearer ***)" in error, error
 
