@@ -61,9 +61,10 @@ docs: venv ## Regenerate docs/api.md from the models
 	$(PY) -m kimi_operator.api.docs > docs/api.md
 
 .PHONY: lint
-lint: venv $(ACTIONLINT) ## ruff lint and format check; actionlint on the GitHub workflows
+lint: venv $(ACTIONLINT) ## ruff lint and format check; import layering (lint-imports); actionlint on the workflows
 	.venv/bin/ruff check operator tests hack images
 	.venv/bin/ruff format --check operator tests hack images
+	.venv/bin/lint-imports --no-logo
 	$(ACTIONLINT) .github/workflows/*.yaml
 
 .PHONY: fmt

@@ -23,7 +23,7 @@ from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.api.resource import KimiDeployment
 from kimi_operator.config import OperatorConfig
 from kimi_operator.hub import Resolver
-from kimi_operator.kube import Kube, KubeError
+from kimi_operator.kube import Forbidden, Kube, KubeError, NotFound
 from kimi_operator.timeutil import now_rfc3339, parse_rfc3339
 
 Manifest = dict[str, Any]
@@ -91,9 +91,8 @@ def _smallest_node(kube: Kube, spec: KimiDeploymentSpec) -> tuple[int, int] | No
             except (KeyError, ValueError):
                 continue
         size = (min(c for c, _ in sizes), min(m for _, m in sizes)) if sizes else None
-    except KubeError as err:
-        if err.status not in (403, 404):
-            raise
+    except (Forbidden, NotFound):
+        pass  # the operator may not list nodes (the namespaced chart) or the API is not served: unknown
     _node_sizes[selector] = (now, size)
     return size
 

@@ -6,13 +6,15 @@ Every write is counted in `kimi_operator_api_writes_total` so benchmarks can pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import kubernetes
+from kubernetes.client.exceptions import ApiException
 
 from kimi_operator import metrics
 from kimi_operator.api.models import GROUP, KIND, PLURAL, VERSION
@@ -57,16 +59,18 @@ NODES = ResourceType("v1", "Node", "nodes")  # cluster-scoped: path("")
 
 
 class KubeError(Exception):
+    """An answer of the API server outside 2xx. `kube_error` picks the subclass from the status code; catch the
+    subclass (`except NotFound:`) or ask the class (`err.refused`), never compare `.status` by hand."""
+
+    refused: ClassVar[bool] = False
+    """The API server refused the request as such (invalid, forbidden, conflicting, not found...): retrying the same
+    write will not help; a person has to change something. False for everything that may pass on a retry."""
+
     def __init__(self, status: int, reason: str, body: str) -> None:
         super().__init__(f"{status} {reason}: {body[:500]}")
         self.status = status
+        self.reason = reason
         self.body = body
-
-    @property
-    def refused(self) -> bool:
-        """The API server refused the request as such (invalid, forbidden, conflicting, not found...): retrying the
-        same write will not help; a person has to change something."""
-        return self.status in (400, 403, 404, 409, 422)
 
     @property
     def server_message(self) -> str:
@@ -77,6 +81,72 @@ class KubeError(Exception):
             return self.body[:500]
         message = data.get("message") if isinstance(data, dict) else None
         return str(message) if message else self.body[:500]
+
+
+class BadRequest(KubeError):
+    """400: a request the server could not decode (malformed patch, strict field validation). Kept apart from
+    Invalid as apimachinery does (IsBadRequest vs IsInvalid); both are refusals."""
+
+    refused = True
+
+
+class Unauthorized(KubeError):
+    """401: the credentials were not accepted (an expired token is renewed on a later call: not a refusal)."""
+
+
+class Forbidden(KubeError):
+    """403: RBAC does not allow it (or a namespace is terminating)."""
+
+    refused = True
+
+
+class NotFound(KubeError):
+    """404: the object, or the whole API (an optional CRD such as LeaderWorkerSet), does not exist."""
+
+    refused = True
+
+
+class Conflict(KubeError):
+    """409: AlreadyExists on create, or a stale resourceVersion / field-manager conflict."""
+
+    refused = True
+
+
+class Gone(KubeError):
+    """410: a list continuation (or watch) expired, its resourceVersion too old: list again."""
+
+
+class Invalid(KubeError):
+    """422: the object fails validation (schema, CEL, an immutable field): the message names the field."""
+
+    refused = True
+
+
+class Unavailable(KubeError):
+    """429 and 5xx: throttled, overloaded, timed out or failing server-side (webhooks too): retry later."""
+
+
+_BY_STATUS: dict[int, type[KubeError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    422: Invalid,
+    429: Unavailable,
+}
+
+
+def kube_error(status: int, reason: str, body: str) -> KubeError:
+    """The KubeError subclass for an HTTP status (the one place that maps numbers to types)."""
+    cls = _BY_STATUS.get(status) or (Unavailable if 500 <= status <= 599 else KubeError)
+    return cls(status, reason, body)
+
+
+def from_api_exception(err: ApiException) -> KubeError:
+    """The typed error for what the client library raised itself (status 0: the request never got an answer)."""
+    return kube_error(int(err.status or 0), str(err.reason or ""), str(err.body or ""))
 
 
 def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
@@ -125,14 +195,17 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        resp = self.api.call_api(*serialized, _request_timeout=timeout)
+        try:
+            resp = self.api.call_api(*serialized, _request_timeout=timeout)
+        except ApiException as err:  # raised by the client itself (SSL, Retry-After retries spent): typed too
+            raise from_api_exception(err) from err
         data = resp.read()  # type: ignore[no-untyped-call]
         ok = 200 <= resp.status < 300
         if write:
             metrics.API_WRITES.labels(verb=method, outcome="ok" if ok else str(resp.status)).inc()
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
         if not ok:
-            raise KubeError(resp.status, resp.reason or "", text)
+            raise kube_error(resp.status, resp.reason or "", text)
         return text
 
     # ---------------------------------------------------------------------------------------------- reads
@@ -140,10 +213,8 @@ class Kube:
         try:
             out: Manifest = self._call("GET", rtype.path(namespace, name))
             return out
-        except KubeError as err:
-            if err.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     def list_of(
         self, rtype: ResourceType, namespace: str, label_selector: str, field_selector: str = ""
@@ -168,11 +239,11 @@ class Kube:
         for kind, rtype in CHILD_TYPES.items():
             try:
                 items = self.list_of(rtype, namespace, selector)
-            except KubeError as err:
-                if err.status == 404 and kind in OPTIONAL_KINDS:
-                    missing.add(kind)
-                    continue
-                raise
+            except NotFound:
+                if kind not in OPTIONAL_KINDS:
+                    raise
+                missing.add(kind)
+                continue
             for item in items:
                 children[(kind, item["metadata"]["name"])] = item
         return children, missing
@@ -184,7 +255,7 @@ class Kube:
         self, namespace: str, name: str, container: str, *, lines: int = 40, limit_bytes: int = 64 << 10
     ) -> str:
         """The last ``lines`` lines of a container's log (pods/log get), at most ``limit_bytes``. Needs a kubelet:
-        raises KubeError when the pod's node serves no logs (e.g. a simulated node) or the pod is gone."""
+        raises a KubeError when the pod's node serves no logs (e.g. a simulated node) or the pod is gone."""
         query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(limit_bytes))]
         # the API server answers 406 to Accept: text/plain on this subresource (kubectl sends */* too)
         return self._request("GET", PODS.path(namespace, name) + "/log", query=query, accept="*/*", timeout=10)
@@ -215,30 +286,24 @@ class Kube:
     def create(self, manifest: Manifest) -> None:
         """Create, tolerating AlreadyExists: for immutable children (Jobs) that must never be re-applied."""
         rtype = CHILD_TYPES[manifest["kind"]]
-        try:
+        with contextlib.suppress(Conflict):  # AlreadyExists
             self._call(
                 "POST",
                 rtype.path(manifest["metadata"]["namespace"]),
                 body=manifest,
                 query=[("fieldManager", FIELD_MANAGER)],
             )
-        except KubeError as err:
-            if err.status != 409:
-                raise
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self._call(
                 "DELETE",
                 CHILD_TYPES[kind].path(namespace, name),
                 body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
             )
-        except KubeError as err:
-            if err.status != 404:
-                raise
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self._call(
                 "PATCH",
                 PODS.path(namespace, name),
@@ -246,9 +311,6 @@ class Kube:
                 query=[("fieldManager", FIELD_MANAGER)],
                 content_type="application/merge-patch+json",
             )
-        except KubeError as err:
-            if err.status != 404:
-                raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(

@@ -7,7 +7,7 @@ from typing import Any, cast
 import pytest
 
 from kimi_operator import controller
-from kimi_operator.kube import Kube, KubeError
+from kimi_operator.kube import Kube, KubeError, kube_error
 
 
 class FakeKube:
@@ -64,7 +64,7 @@ def test_the_fetch_log_is_read_only_while_a_fetch_pod_runs_and_at_most_every_int
 
 def test_a_node_without_logs_gives_no_progress_not_a_failed_reconcile() -> None:
     kube = FakeKube()
-    kube.fail = KubeError(500, "Internal Server Error", "dial tcp 127.0.0.1:10250: connect: connection refused")
+    kube.fail = kube_error(500, "Internal Server Error", "dial tcp 127.0.0.1:10250: connect: connection refused")
     assert tails(kube, "kd", [pod("kd-fetch-a", "Running")]) == {"kd-fetch-a": ""}
     assert tails(kube, "kd", [pod("kd-fetch-a", "Running")]) == {"kd-fetch-a": ""}
     assert len(kube.reads) == 1, "a failed read counts against the interval too"

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from kimi_operator import controller, quantity
+from kimi_operator import controller, kube, quantity
 from kimi_operator.api.models import KimiDeploymentSpec
-from kimi_operator.kube import KubeError
+from kimi_operator.kube import kube_error
 
 
 class Nodes:
@@ -22,7 +22,7 @@ class Nodes:
     def list_nodes(self, selector: str) -> list[dict[str, Any]]:
         self.selectors.append(selector)
         if self.error is not None:
-            raise KubeError(self.error, "Forbidden", "nodes is forbidden")
+            raise kube_error(self.error, "Forbidden", "nodes is forbidden")
         return self.nodes
 
 
@@ -47,6 +47,13 @@ def test_results_are_cached_and_forbidden_means_unknown() -> None:
     assert controller._smallest_node(kube, KimiDeploymentSpec()) is None  # type: ignore[arg-type]
     assert controller._smallest_node(kube, KimiDeploymentSpec()) is None  # type: ignore[arg-type]
     assert len(kube.selectors) == 1
+
+
+def test_a_missing_api_is_unknown_but_a_server_error_fails_the_reconcile() -> None:
+    assert controller._smallest_node(Nodes(error=404), KimiDeploymentSpec()) is None  # type: ignore[arg-type]
+    controller._node_sizes.clear()
+    with pytest.raises(kube.Unavailable):
+        controller._smallest_node(Nodes(error=500), KimiDeploymentSpec())  # type: ignore[arg-type]
 
 
 def test_no_matching_node_is_unknown() -> None:

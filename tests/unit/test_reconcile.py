@@ -1,8 +1,9 @@
 """The reconcile decision, driven through a KimiDeployment's whole life without an API server.
 
-`Server` below is a dict of objects that plays back what `decide` asked for, adding the fields a real API server
-adds (uid, defaults, status), so each step sees what the next reconcile would read. The cluster tests repeat the
-important paths against a real API server.
+`Server` below is a KimiDeployment on the in-memory API server of tests/unit/fakekube.py, reconciled by the real
+`controller.reconcile_one` (read, decide, write): each step sees what the previous one wrote, with the fields a real
+API server adds (uid, generation, defaults, status). The cluster tests repeat the important paths against a real
+API server.
 """
 
 from __future__ import annotations
@@ -11,89 +12,131 @@ import copy
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
 
-from kimi_operator import gateway, planner, reasons, reconcile, render
+from kimi_operator import controller, gateway, planner, reasons, reconcile, render
 from kimi_operator.api import resource
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
 from kimi_operator.reasons import Reason
 from kimi_operator.reconcile import WeightsState
 from kimi_operator.weights import FetchProgress, progress_line
+from tests.unit.fakekube import Children, FakeHub, FakeKube, kimideployment
 
 CONFIG = OperatorConfig(operator_image="op:test")
 NOW = "2026-11-23T12:00:00Z"
 COMMIT = "a" * 40
 COMMIT_V2 = "b" * 40
 
-
-def merge_patch(old: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a merge patch to status."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(old) if isinstance(old, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
+pytestmark = pytest.mark.usefixtures("fresh_controller")
 
 
 class Server:
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.body: dict[str, Any] = {
-            "apiVersion": "kimi-operator.dev/v1alpha1",
-            "kind": "KimiDeployment",
-            "metadata": {"name": "kd", "namespace": "ns", "uid": "u-1", "generation": 1},
-            "spec": spec,
-        }
-        self.children: dict[tuple[str, str], dict[str, Any]] = {}
-        self.pods: list[dict[str, Any]] = []
-        self.fetch_pods: list[dict[str, Any]] = []
-        self.fetch_logs: dict[str, str] = {}
-        self.hub: dict[str, str] = {"main": COMMIT, "v2": COMMIT_V2}  # what the Hub resolves revisions to
-        self.completed_on_claim: frozenset[str] = frozenset()
-        self.volume_problem = ""
-        self.fetch_create_error = ""
+    def __init__(self, spec: dict[str, Any], *, lws_installed: bool = True) -> None:
+        self.kube = FakeKube(lws_installed=lws_installed)
+        body = kimideployment("kd", spec)
+        body["metadata"]["uid"] = "u-1"
+        self.kube.put(body)
+        self.resolver = FakeHub({"main": COMMIT, "v2": COMMIT_V2})  # what the Hub resolves revisions to
+        self.children = Children(self.kube)  # live: edits to them are what the next reconcile reads
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.kube.obj("KimiDeployment", "kd")
+
+    @property
+    def hub(self) -> dict[str, str]:
+        return self.resolver.hub
+
+    @hub.setter
+    def hub(self, revisions: dict[str, str]) -> None:
+        self.resolver.hub = revisions
+
+    def _replace_pods(self, component: str | tuple[str, ...], pods: list[dict[str, Any]], label: str) -> None:
+        components = (component,) if isinstance(component, str) else component
+        for kind, ns, name in list(self.kube.objects):
+            labels = self.kube.objects[(kind, ns, name)]["metadata"].get("labels") or {}
+            if kind == "Pod" and labels.get(render.COMPONENT_LABEL) in components:
+                self.kube.drop(kind, name)
+        for i, given in enumerate(pods):
+            pod = copy.deepcopy(given) | {"apiVersion": "v1", "kind": "Pod"}
+            meta = pod.setdefault("metadata", {})
+            meta.setdefault("name", f"kd-{label}-{i}")
+            meta["namespace"] = "ns"
+            meta["labels"] = render.labels("kd", components[0]) | (meta.get("labels") or {})
+            self.kube.put(pod)
+
+    @property
+    def pods(self) -> list[dict[str, Any]]:
+        return self.kube.list_pods("ns", render.engine_pods_selector("kd"))
+
+    @pods.setter
+    def pods(self, pods: list[dict[str, Any]]) -> None:
+        """The engine pods (what the workload's controller made)."""
+        self._replace_pods(render.ENGINE_COMPONENTS, pods, "engine")
+
+    @property
+    def fetch_pods(self) -> list[dict[str, Any]]:
+        return self.kube.list_pods("ns", f"{render.INSTANCE_LABEL}=kd,{render.COMPONENT_LABEL}=fetch")
+
+    @fetch_pods.setter
+    def fetch_pods(self, pods: list[dict[str, Any]]) -> None:
+        """The fetch Job's pods."""
+        self._replace_pods("fetch", pods, "fetch")
+
+    @property
+    def fetch_logs(self) -> dict[str, str]:
+        return {pod: text for (_, pod, _), text in self.kube.logs.items()}
+
+    @fetch_logs.setter
+    def fetch_logs(self, logs: dict[str, str]) -> None:
+        """Running fetch pods, by name, with what their container logged."""
+        self.kube.logs.clear()
+        self.fetch_pods = [
+            {"metadata": {"name": name, "creationTimestamp": NOW}, "status": {"phase": "Running"}} for name in logs
+        ]
+        for name, text in logs.items():
+            self.kube.set_log(name, controller.FETCH_CONTAINER, text)
+
+    @property
+    def fetch_create_error(self) -> str:
+        events = self.kube.events_for("ns", "Job", "kd-fetch")
+        return next((str(e["message"]) for e in events if e.get("reason") == "FailedCreate"), "")
+
+    @fetch_create_error.setter
+    def fetch_create_error(self, message: str) -> None:
+        """The Job controller's FailedCreate Event about the fetch Job (admission refused its pod); "" removes it."""
+        self.kube.drop("Event", "kd-fetch.failedcreate")
+        if message:
+            job = self.children[("Job", "kd-fetch")]
+            involved = {"kind": "Job", "name": "kd-fetch", "uid": job["metadata"]["uid"]}
+            self.kube.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {"name": "kd-fetch.failedcreate", "namespace": "ns"},
+                    "involvedObject": involved,
+                    "type": "Warning",
+                    "reason": "FailedCreate",
+                    "message": message,
+                    "lastTimestamp": NOW,
+                }
+            )
 
     def observed(self) -> reconcile.Observed:
-        revision = (self.body["spec"].get("model") or {}).get("revision", "main")
-        return reconcile.Observed(
-            resource.parse(copy.deepcopy(self.body)),
-            copy.deepcopy(self.children),
-            self.pods,
-            fetch_pods=self.fetch_pods,
-            fetch_logs=self.fetch_logs,
-            resolved_commit=self.hub.get(revision),
-            draft_commit=self.hub.get("draft"),
-            resolve_error="" if revision in self.hub else "hub unreachable",
-            completed_on_claim=self.completed_on_claim,
-            volume_problem=self.volume_problem,
-            fetch_create_error=self.fetch_create_error,
-        )
+        return controller.observe(self.kube, self.resolver, resource.parse(copy.deepcopy(self.body)))
 
     def step(self, now: str = NOW) -> reconcile.Actions:
-        actions = reconcile.decide(self.observed(), CONFIG, now)
-        for key in actions.delete:
-            del self.children[key]
-        for m in actions.apply:
-            obj = copy.deepcopy(m)
-            obj["metadata"]["uid"] = f"uid-{m['metadata']['name']}"
-            obj["metadata"].setdefault("annotations", {})["server/added"] = "x"
-            prev = self.children.get((m["kind"], m["metadata"]["name"]))
-            obj["metadata"]["generation"] = (prev or {}).get("metadata", {}).get("generation", 0) + 1
-            obj["status"] = (prev or {}).get("status", {})
-            self.children[(m["kind"], m["metadata"]["name"])] = obj
-        if actions.status is not None:
-            self.body["status"] = merge_patch(self.body.get("status", {}), actions.status)
+        with mock.patch.object(controller, "now_rfc3339", lambda: now):
+            actions = controller.reconcile_one(self.kube, CONFIG, "ns", "kd", self.resolver)
+        assert actions is not None
         return actions
 
     def set_spec(self, **patch: Any) -> None:
-        self.body["spec"] = {**self.body["spec"], **patch}
-        self.body["metadata"]["generation"] += 1
+        self.kube.update("KimiDeployment", "kd", lambda kd: kd.update(spec={**kd["spec"], **patch}))
 
     def job_succeeds(self) -> None:
         self.children[("Job", "kd-fetch")]["status"] = {
@@ -161,8 +204,10 @@ def test_lifecycle_download_then_serve_then_idle_with_zero_writes() -> None:
     assert s.body["status"]["ready"] == "1/1"
     assert s.body["status"]["endpoint"] == "http://kd.ns.svc:8000/v1"
 
+    writes = len(s.kube.writes)
     for _ in range(3):
         assert s.step("2026-11-23T13:00:00Z").writes == 0
+    assert len(s.kube.writes) == writes, "and not one request that writes reached the API server"
 
 
 def _serving() -> Server:
@@ -397,7 +442,10 @@ def test_a_pinned_commit_survives_the_branch_moving() -> None:
 
 def test_a_snapshot_completed_by_another_deployment_on_the_same_volume_is_reused() -> None:
     s = Server({"weights": {"existingClaimName": "shared"}})
-    s.completed_on_claim = frozenset({f"moonshotai/Kimi-K2.5@{COMMIT}"})
+    other = kimideployment("other", {"weights": {"existingClaimName": "shared"}})
+    s.kube.put(
+        other | {"status": {"weights": {"claimName": "shared", "completedKey": f"moonshotai/Kimi-K2.5@{COMMIT}"}}}
+    )
     actions = s.step()
     assert _kinds(actions) == [("Deployment", "kd"), ("Service", "kd"), ("Service", "kd-headless")]
     assert _cond(s, "WeightsReady")["reason"] == "Reused"
@@ -405,7 +453,29 @@ def test_a_snapshot_completed_by_another_deployment_on_the_same_volume_is_reused
 
 def test_an_unbound_volume_is_a_condition_not_a_silent_wait() -> None:
     s = Server({"weights": {"storageClassName": "missing"}})
-    s.volume_problem = 'PVC kd-weights is Pending: storageclass.storage.k8s.io "missing" not found'
+    # the claim from an earlier reconcile, Pending past the grace period, and what the PV controller said about it
+    labels = {render.INSTANCE_LABEL: "kd", render.MANAGED_BY_LABEL: render.MANAGED_BY}
+    s.kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "kd-weights", "namespace": "ns", "labels": labels, "creationTimestamp": NOW},
+            "spec": {"storageClassName": "missing", "accessModes": ["ReadWriteMany"]},
+            "status": {"phase": "Pending"},
+        }
+    )
+    s.kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "kd-weights.1", "namespace": "ns"},
+            "involvedObject": {"kind": "PersistentVolumeClaim", "name": "kd-weights"},
+            "type": "Warning",
+            "reason": "ProvisioningFailed",
+            "message": 'storageclass.storage.k8s.io "missing" not found',
+            "lastTimestamp": NOW,
+        }
+    )
     actions = s.step()
     assert ("Job", "kd-fetch") not in [(m["kind"], m["metadata"]["name"]) for m in actions.apply]
     cond = _cond(s, "WeightsReady")
@@ -444,10 +514,8 @@ def test_h100_runs_as_a_two_node_leaderworkerset() -> None:
 
 
 def test_without_the_lws_crd_a_multi_node_plan_is_refused_and_nothing_is_created() -> None:
-    s = Server({"topology": {"accelerator": "H100"}})
-    actions = reconcile.decide(
-        reconcile.Observed(resource.parse(copy.deepcopy(s.body)), {}, [], lws_installed=False), CONFIG, NOW
-    )
+    s = Server({"topology": {"accelerator": "H100"}}, lws_installed=False)  # the API server has no LWS API
+    actions = s.step()
     assert actions.apply == [] and actions.delete == []
     ready = next(c for c in actions.status["conditions"] if c["type"] == "Ready") if actions.status else {}
     assert ready["reason"] == "LeaderWorkerSetNotInstalled"

@@ -1,0 +1,258 @@
+"""controller.reconcile_one and the WorkQueue on the in-memory API server (tests/unit/fakekube.py): the read, decide,
+write loop, what a refused write becomes, and the queue's de-duplication, exclusivity and backoff. Milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from kimi_operator import controller, reconcile
+from kimi_operator.config import OperatorConfig
+from kimi_operator.hub import Resolver
+from kimi_operator.kube import Kube, Unavailable
+from tests.unit.fakekube import FakeHub, FakeKube, kimideployment, status_error
+
+CONFIG = OperatorConfig(operator_image="op:test")
+COMMIT = "a" * 40
+REFUSAL = 'Deployment.apps "kd" is invalid: spec.template.spec.containers[0].image: Required value'
+
+pytestmark = pytest.mark.usefixtures("fresh_controller")
+
+
+def _kube() -> FakeKube:
+    kube = FakeKube()
+    kube.put(kimideployment("kd", {}))
+    return kube
+
+
+def _reconcile(kube: FakeKube) -> reconcile.Actions:
+    actions = controller.reconcile_one(kube, CONFIG, "ns", "kd", FakeHub({"main": COMMIT}))
+    assert actions is not None
+    return actions
+
+
+def _condition(kube: FakeKube, ctype: str) -> dict[str, Any]:
+    return next(c for c in kube.obj("KimiDeployment", "kd")["status"]["conditions"] if c["type"] == ctype)
+
+
+def _job_completes(kube: FakeKube) -> None:
+    kube.set_status("Job", "kd-fetch", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+
+
+def test_a_new_kimideployment_downloads_then_serves_and_then_writes_nothing() -> None:
+    kube = _kube()
+    _reconcile(kube)
+    assert sorted(kube.writes_of("apply")) == [
+        ("Job", "kd-fetch"),
+        ("PersistentVolumeClaim", "kd-weights"),
+        ("Service", "kd"),
+        ("Service", "kd-headless"),
+    ]
+    job = kube.obj("Job", "kd-fetch")
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--revision") + 1] == COMMIT
+    assert ("Deployment", "kd") not in {(k, n) for k, _, n in kube.objects}, "no GPUs before the weights are there"
+    assert _condition(kube, "WeightsReady")["reason"] == "Downloading"
+    assert ("Normal", "Downloading") in {(t, r) for t, r, _ in kube.recorded_events("kd")}
+
+    writes = len(kube.writes)
+    _reconcile(kube)
+    assert len(kube.writes) == writes, "nothing changed: not one API write"
+
+    _job_completes(kube)
+    _reconcile(kube)
+    assert kube.writes_of("apply")[-1] == ("Deployment", "kd")
+    dep = kube.obj("Deployment", "kd")
+    assert dep["metadata"]["generation"] == 1 and dep["spec"]["replicas"] == 1
+    assert dep["spec"]["revisionHistoryLimit"] == 10, "what the server defaulted stays"
+    assert kube.obj("KimiDeployment", "kd")["status"]["weights"]["completedKey"] == f"moonshotai/Kimi-K2.5@{COMMIT}"
+
+    _reconcile(kube)
+    assert kube.writes_of("delete") == [("Job", "kd-fetch")], "the Job goes once its completion is recorded"
+    assert ("Job", "ns", "kd-fetch") not in kube.objects
+
+
+def test_a_refused_write_is_a_warning_and_applyfailed_then_a_retry_succeeds() -> None:
+    kube = _kube()
+    _reconcile(kube)
+    _job_completes(kube)
+    kube.fail("apply", "Deployment", "kd", status_error(422, REFUSAL), times=2)
+
+    first = _reconcile(kube)
+    ready = _condition(kube, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert REFUSAL in ready["message"], "the server's own message, as kubectl prints it"
+    assert _condition(kube, "Progressing")["status"] == "False"
+    warnings = [(r, m) for t, r, m in kube.recorded_events("kd") if t == "Warning"]
+    assert warnings[0] == ("ApplyFailed", f"Deployment/kd: {REFUSAL}"), "one per refused write, naming it"
+    assert warnings[1][1].startswith(f"Ready=False: the API server refused: Deployment/kd: {REFUSAL}")
+    assert len(warnings) == 2, "and the Ready transition's"
+    assert first.requeue_after == controller.WRITE_RETRY_SECONDS
+    assert "1 write(s) refused" in first.explanation[-1]
+    assert ("Service", "ns", "kd") in kube.objects, "the writes that were accepted stand"
+
+    second = _reconcile(kube)
+    assert second.requeue_after == 2 * controller.WRITE_RETRY_SECONDS, "refused again: the retry backs off"
+    assert len([e for e in kube.recorded_events("kd") if e[1] == "ApplyFailed"]) == 2, "no further Warning"
+
+    third = _reconcile(kube)  # the refusal is over (a webhook fixed, a quota raised...)
+    assert ("Deployment", "ns", "kd") in kube.objects
+    assert _condition(kube, "Ready")["reason"] != "ApplyFailed"
+    assert third.requeue_after != 2 * controller.WRITE_RETRY_SECONDS
+    assert controller._write_backoff == {} and controller._write_failures == {}
+
+
+def test_a_new_generation_forgets_the_old_refusal() -> None:
+    kube = _kube()
+    _reconcile(kube)
+    _job_completes(kube)
+    kube.fail("apply", "Deployment", "kd", status_error(422, REFUSAL), times=None)
+    _reconcile(kube)
+    assert ("ns", "kd") in controller._write_failures
+    kube.faults.clear()
+    kube.update("KimiDeployment", "kd", lambda o: o["spec"].update(replicas=1))  # an edit: generation 2
+    assert kube.obj("KimiDeployment", "kd")["metadata"]["generation"] == 2
+    _reconcile(kube)
+    assert _condition(kube, "Ready")["reason"] != "ApplyFailed"
+    assert ("Deployment", "ns", "kd") in kube.objects
+
+
+def test_a_transient_error_fails_the_reconcile_for_the_queue_to_retry() -> None:
+    kube = _kube()
+    kube.fail("apply", "Service", "kd", status_error(503, "etcdserver: leader changed"))
+    with pytest.raises(Unavailable):
+        _reconcile(kube)
+    assert not any(e[1] == "ApplyFailed" for e in kube.recorded_events("kd"))
+    _reconcile(kube)
+    assert ("Service", "ns", "kd") in kube.objects
+
+
+def test_a_gone_kimideployment_is_none_and_writes_nothing() -> None:
+    kube = FakeKube()
+    assert controller.reconcile_one(kube, CONFIG, "ns", "kd", FakeHub()) is None
+    assert kube.writes == []
+
+
+# ---------------------------------------------------------------------------------------------- the work queue
+Reconcile = Callable[[Kube, OperatorConfig, str, str, Resolver], "reconcile.Actions | None"]
+
+
+def _run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), timeout=10))
+
+
+async def _until(predicate: Callable[[], bool], sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    deadline = time.monotonic() + 5
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await sleep(0.001)
+
+
+def _queue(monkeypatch: pytest.MonkeyPatch, fake: Reconcile, workers: int = 4) -> controller.WorkQueue:
+    monkeypatch.setattr(controller, "reconcile_one", fake)
+    return controller.WorkQueue(FakeKube(), OperatorConfig(operator_image="op:test", workers=workers))
+
+
+def test_a_burst_for_one_key_is_one_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def fake(kube: Kube, config: OperatorConfig, ns: str, name: str, resolver: Resolver) -> reconcile.Actions | None:
+        calls.append((ns, name))
+        return None if name == "gone" else reconcile.Actions()
+
+    queue = _queue(monkeypatch, fake)
+
+    async def test() -> None:
+        for _ in range(50):
+            queue.enqueue(("ns", "kd"))
+        queue.enqueue(("ns", "other"))
+        queue.enqueue(("ns", "gone"))
+        assert queue.queue.qsize() == 3
+        queue.start()
+        await _until(lambda: len(calls) == 3 and queue.queue.qsize() == 0 and not queue.active)
+        await queue.stop()
+
+    _run(test)
+    assert sorted(calls) == [("ns", "gone"), ("ns", "kd"), ("ns", "other")]
+    assert queue.known == {("ns", "kd"), ("ns", "other")}, "a KimiDeployment that is gone is forgotten"
+
+
+def test_a_key_enqueued_while_it_is_reconciled_runs_once_more_after_and_never_twice_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = ("ns", "kd")
+    calls: list[tuple[str, str]] = []
+    running, most = [0], [0]
+    started, release = threading.Event(), threading.Event()
+    lock = threading.Lock()
+
+    def fake(kube: Kube, config: OperatorConfig, ns: str, name: str, resolver: Resolver) -> reconcile.Actions | None:
+        with lock:
+            calls.append((ns, name))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        if len(calls) == 1:
+            started.set()
+            release.wait(5)
+        with lock:
+            running[0] -= 1
+        return reconcile.Actions()
+
+    queue = _queue(monkeypatch, fake)
+
+    async def test() -> None:
+        queue.start()
+        queue.enqueue(key)
+        await _until(started.is_set)
+        for _ in range(5):  # events while the first reconcile still runs
+            queue.enqueue(key)
+        assert key in queue.dirty and queue.queue.qsize() == 0, "held back, not handed to another worker"
+        release.set()
+        await _until(lambda: len(calls) == 2 and not queue.active)
+        await asyncio.sleep(0.01)
+        await queue.stop()
+
+    _run(test)
+    assert calls == [key, key], "the five events became one more reconcile"
+    assert most[0] == 1
+
+
+def test_a_failing_reconcile_is_retried_with_exponential_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = ("ns", "kd")
+    calls: list[float] = []
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def no_wait(delay: float, result: Any = None) -> Any:
+        """The queue's timers fire at once; their delays are recorded (the resync timer is left to wait)."""
+        if delay >= OperatorConfig().resync_seconds:
+            return await real_sleep(3600)
+        slept.append(delay)
+        return await real_sleep(0)
+
+    def fake(kube: Kube, config: OperatorConfig, ns: str, name: str, resolver: Resolver) -> reconcile.Actions | None:
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            raise status_error(503, "etcdserver: request timed out")
+        if len(calls) == 4:
+            raise RuntimeError("a bug, not the API server")
+        return reconcile.Actions(requeue_after=10.0 if len(calls) == 5 else 0.0)
+
+    queue = _queue(monkeypatch, fake, workers=1)
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+
+    async def test() -> None:
+        queue.start()
+        queue.enqueue(key)
+        await _until(lambda: len(calls) == 6 and not queue.active, sleep=real_sleep)
+        await queue.stop()
+
+    _run(test)
+    assert slept == [2.0, 4.0, 8.0, 16.0, 10.0], "2^n seconds per failure in a row, then the requested requeue"
+    assert queue.failures == {}, "a success resets the backoff"
+    assert time.monotonic() - calls[0] < 5, "no real waiting"

@@ -1,0 +1,105 @@
+"""hub.Resolver against a tiny local Hub (http.server on 127.0.0.1 answering the model-info API it calls)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from kimi_operator.hub import Resolver
+
+REPO = "moonshotai/Kimi-K2.5"
+COMMIT = "c" * 40
+TOKEN = "hf_not_a_real_token_0123456789"
+
+
+class Hub:
+    """GET /api/models/<org>/<repo>/revision/<revision>: the model info with its sha, as the Hub answers."""
+
+    def __init__(self) -> None:
+        self.revisions = {"main": COMMIT, "nosha": ""}
+        self.requests: list[tuple[str, str]] = []  # (path, Authorization header)
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hub.requests.append((self.path, self.headers.get("Authorization", "")))
+                prefix = f"/api/models/{REPO}/revision/"
+                revision = self.path.split("?")[0].removeprefix(prefix)
+                if revision == "denied":
+                    # refused, with a request id that echoes the credentials (a careless proxy): huggingface_hub
+                    # puts the request id in the first line of its error, the line the Resolver reports
+                    echo = {"X-Request-Id": f"echo {self.headers.get('Authorization')}"}
+                    self._answer(403, {"error": "Access denied"}, echo)
+                    return
+                if not self.path.startswith(prefix) or revision not in hub.revisions:
+                    self._answer(404, {"error": "Revision Not Found"}, {"X-Error-Code": "RevisionNotFound"})
+                    return
+                sha = hub.revisions[revision]
+                self._answer(200, {"id": REPO, "modelId": REPO, **({"sha": sha} if sha else {})})
+
+            def _answer(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    h = Hub()
+    thread = threading.Thread(target=h.server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield h
+    h.server.shutdown()
+    h.server.server_close()
+
+
+def test_a_branch_resolves_to_its_commit_once_then_from_the_cache(hub: Hub) -> None:
+    resolver = Resolver(hub.endpoint)
+    assert resolver.resolve(REPO, "main") == (COMMIT, "")
+    assert resolver.resolve(REPO, "main") == (COMMIT, "")
+    assert [p for p, _ in hub.requests] == [f"/api/models/{REPO}/revision/main"]
+    assert hub.requests[0][1] == "", "no token: no Authorization header (and no token read from disk)"
+
+
+def test_a_commit_needs_no_call(hub: Hub) -> None:
+    assert Resolver(hub.endpoint).resolve(REPO, "d" * 40) == ("d" * 40, "")
+    assert hub.requests == []
+
+
+def test_a_revision_the_hub_does_not_have_is_a_definitive_answer(hub: Hub) -> None:
+    resolver = Resolver(hub.endpoint)
+    assert resolver.resolve(REPO, "v9") == (None, f"the Hub has no revision 'v9' in {REPO}")
+    assert resolver.missing(REPO, "v9") and not resolver.missing(REPO, "main")
+
+
+def test_a_refusal_is_an_error_that_names_the_revision_and_never_the_token(hub: Hub) -> None:
+    resolver = Resolver(hub.endpoint)
+    commit, error = resolver.resolve(REPO, "denied", token=TOKEN)
+    assert commit is None and not resolver.missing(REPO, "denied"), "not definitive: the fetcher decides"
+    assert error.startswith(f"cannot resolve {REPO}@denied through the Hub: ")
+    assert hub.requests[0][1] == f"Bearer {TOKEN}", "the token is sent"
+    assert TOKEN not in error and "(Request ID: echo Bearer ***)" in error, error
+
+
+def test_an_answer_without_a_commit_is_an_error(hub: Hub) -> None:
+    assert Resolver(hub.endpoint).resolve(REPO, "nosha") == (None, f"the Hub returned no commit for {REPO}@nosha")
+
+
+def test_an_unreachable_hub_is_an_error_not_an_exception() -> None:
+    commit, error = Resolver("http://127.0.0.1:9").resolve(REPO, "main")  # the discard port: nothing listens
+    assert commit is None and error.startswith(f"cannot resolve {REPO}@main through the Hub: ")
