@@ -283,17 +283,6 @@ class Kube:
         )
         return out
 
-    def create(self, manifest: Manifest) -> None:
-        """Create, tolerating AlreadyExists: for immutable children (Jobs) that must never be re-applied."""
-        rtype = CHILD_TYPES[manifest["kind"]]
-        with contextlib.suppress(Conflict):  # AlreadyExists
-            self._call(
-                "POST",
-                rtype.path(manifest["metadata"]["namespace"]),
-                body=manifest,
-                query=[("fieldManager", FIELD_MANAGER)],
-            )
-
     def delete(self, kind: str, namespace: str, name: str) -> None:
         with contextlib.suppress(NotFound):
             self._call(

@@ -8,9 +8,8 @@ transport raises: a new Kube method the fake does not cover fails the test inste
 It keeps what the controller relies on: objects by (kind, namespace, name) with uid, creationTimestamp,
 resourceVersion (bumped on every change) and generation (bumped when anything but metadata and status changes);
 server-side apply as this field manager's merge (fields it set before and no longer sends are removed, fields
-others set are kept, status is never taken from an apply); create refusing an existing name (which Kube.create
-tolerates); label and field selectors; status merge patches; Events; pod logs; deletes. `fail()` makes a chosen
-call raise a typed KubeError, like an admission refusal or an outage.
+others set are kept, status is never taken from an apply); label and field selectors; status merge patches;
+Events; pod logs; deletes. `fail()` makes a chosen call raise a typed KubeError, like an admission refusal or an outage.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from kimi_operator.api.models import GROUP, KIND, VERSION
 from kimi_operator.hub import Resolver
 from kimi_operator.kube import (
     CHILD_TYPES,
-    Conflict,
     Kube,
     KubeError,
     Manifest,
@@ -150,7 +148,7 @@ def matches_fields(obj: Manifest, selector: str) -> bool:
 
 @dataclass
 class Fault:
-    verb: str  # apply | create | delete | patch_status | event | annotate_pod | get | list | log
+    verb: str  # apply | delete | patch_status | event | annotate_pod | get | list | log
     kind: str
     name: str  # "" matches any name
     error: KubeError
@@ -313,20 +311,6 @@ class FakeKube(Kube):
             new.setdefault("metadata", {}).update({"name": key[2], "namespace": key[1]})
             self.owned[key] = sent
             return copy.deepcopy(self._store(key, new, prev))
-
-    def create(self, manifest: Manifest) -> None:
-        """As Kube.create: an object that already exists is left alone (the server's AlreadyExists, tolerated)."""
-        meta = manifest["metadata"]
-        key = (manifest["kind"], meta["namespace"], meta["name"])
-        with self._lock:
-            self.writes.append(("create", key[0], key[2]))
-            try:
-                self._check("create", key[0], key[2])
-                if key in self.objects:
-                    raise status_error(409, f'{key[0].lower()}s "{key[2]}" already exists')
-            except Conflict:
-                return
-            self._store(key, {k: v for k, v in copy.deepcopy(manifest).items() if k != "status"}, None)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         if kind not in CHILD_TYPES:  # as Kube.delete

@@ -1,5 +1,5 @@
 """kube.py's typed API errors: one factory maps a status code to a KubeError subclass, and Kube's own tolerances
-(404 on get/delete, 409 on create, a missing optional CRD) are written against the types."""
+(404 on get/delete, a missing optional CRD) are written against the types."""
 
 from __future__ import annotations
 
@@ -115,7 +115,6 @@ def _kube(answers: dict[tuple[str, str], tuple[int, str] | Exception]) -> kube.K
 
 
 DEP = "/apis/apps/v1/namespaces/ns/deployments/kd"
-JOBS = "/apis/batch/v1/namespaces/ns/jobs"
 
 
 def test_get_is_none_on_not_found_and_raises_the_rest() -> None:
@@ -124,11 +123,7 @@ def test_get_is_none_on_not_found_and_raises_the_rest() -> None:
         _kube({("GET", DEP): (403, "{}")}).get(kube.CHILD_TYPES["Deployment"], "ns", "kd")
 
 
-def test_create_tolerates_already_exists_and_delete_tolerates_not_found() -> None:
-    job = {"kind": "Job", "metadata": {"name": "kd-fetch", "namespace": "ns"}}
-    _kube({("POST", JOBS): (409, "{}")}).create(job)
-    with pytest.raises(Invalid):
-        _kube({("POST", JOBS): (422, STATUS_BODY)}).create(job)
+def test_delete_tolerates_not_found() -> None:
     _kube({("DELETE", DEP): (404, "{}")}).delete("Deployment", "ns", "kd")
     with pytest.raises(Conflict):
         _kube({("DELETE", DEP): (409, "{}")}).delete("Deployment", "ns", "kd")
