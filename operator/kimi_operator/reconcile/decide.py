@@ -115,5 +115,5 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     actions = diff.writes(desired, observed.children, job_key=job_key, retry_job=w.retry_job, keep=keep)
     if not w.ready:
         actions.requeue_after = FETCH_REQUEUE_SECONDS  # progress, retries on time, the volume re-checked
-    serving = status.Serving(spec, p, w, workload_key, switching, replicas)
+    serving = status.Serving(spec, p, w, workload_key, switching, replicas, gw)
     return status.serving_status(observed, serving, actions, now)

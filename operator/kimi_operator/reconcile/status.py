@@ -187,9 +187,11 @@ def ready_leaders(pods: list[Manifest]) -> int:
     return count
 
 
-def gateway_status(observed: Observed, spec: KimiDeploymentSpec, name: str, service: str) -> GatewayStatus:
-    """status.gateway: does a gateway serve the Service, how many of its pods are ready, how many workers."""
-    decision = gateway_decision(observed, spec, name, service)
+def gateway_status(
+    observed: Observed, spec: KimiDeploymentSpec, name: str, service: str, decision: gateway.ServiceDecision
+) -> GatewayStatus:
+    """status.gateway: does a gateway serve the Service, how many of its pods are ready, how many workers
+    (`decision`: gateway_decision's answer, which decide already took)."""
     current = gateway.observed_target(observed.children.get(("Service", service)), render.gateway_selector(name))
     serving = current == "gateway" and decision.target == "gateway"
     if not spec.gateway_enabled() and not decision.keep_gateway:
@@ -228,6 +230,7 @@ class Serving:
     workload: ChildKey  # the serving workload's kind and name
     switching: bool  # the other workload kind is still draining
     replicas: int  # desired: the autoscaler's count when it is on, else spec.replicas
+    gateway: gateway.ServiceDecision  # where the Service points, and whether the gateway's objects stay
 
 
 def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -> Actions:
@@ -370,7 +373,7 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         ),
         weights=WeightsStatus(**weights_fields),
         plan=plan_status(p),
-        gateway=gateway_status(observed, spec, name, names.service),
+        gateway=gateway_status(observed, spec, name, names.service, s.gateway),
         conditions=conditions,
     )
     return finish(kd, computed, actions)
