@@ -91,7 +91,8 @@ FAILING_CONTAINER_REASONS: frozenset[Reason] = frozenset(
     }
 )
 
-_WARNINGS: frozenset[Reason] = frozenset(
+# What the Ready condition says when a person must act (or the cluster must change) before it resolves.
+_NOT_READY_WARNINGS: frozenset[Reason] = frozenset(
     {
         Reason.INVALID_SPEC,
         Reason.UNKNOWN_CHECKPOINT,
@@ -111,41 +112,21 @@ _WARNINGS: frozenset[Reason] = frozenset(
         Reason.UNSCHEDULABLE,
         Reason.APPLY_FAILED,
         Reason.FAILED_CREATE,
-        Reason.METRICS_UNAVAILABLE,
-        Reason.NO_READY_REPLICAS,
     }
     | FAILING_CONTAINER_REASONS
 )
-WARNING_REASONS: frozenset[Reason] = _WARNINGS
+
+# Worth a Warning Event: the Ready warnings above, and the autoscaler's (ScalingActive=False).
+_WARNINGS: frozenset[Reason] = _NOT_READY_WARNINGS | {Reason.METRICS_UNAVAILABLE, Reason.NO_READY_REPLICAS}
+WARNING_REASONS = _WARNINGS
 
 # The reasons the Ready condition (the STATUS column) can carry. The others belong to WeightsReady (Downloading,
 # Downloaded, Reused), Available, Progressing (Complete), ScalingActive and the autoscaler's Events.
-READY_REASONS: frozenset[Reason] = frozenset(
-    {
-        Reason.READY,
-        Reason.SCALED_TO_ZERO,
-        Reason.DOWNLOADING_WEIGHTS,
-        Reason.SWITCHING_TOPOLOGY,
-        Reason.ROLLING_OUT,
-        Reason.LOADING,
-        Reason.INVALID_SPEC,
-        Reason.UNKNOWN_CHECKPOINT,
-        Reason.UNKNOWN_ACCELERATOR,
-        Reason.CONTEXT_TOO_LONG,
-        Reason.DOES_NOT_FIT,
-        Reason.UNSUPPORTED_BY_CHECKPOINT,
-        Reason.UNSUPPORTED_BY_ENGINE,
-        Reason.ACCELERATOR_MISMATCH,
-        Reason.VOLUME_TOO_SMALL,
-        Reason.INVALID_TOPOLOGY,
-        Reason.LWS_NOT_INSTALLED,
-        Reason.VOLUME_NOT_BOUND,
-        Reason.FETCH_FAILED,
-        Reason.REVISION_UNRESOLVED,
-        Reason.REVISION_NOT_FOUND,
-        Reason.UNSCHEDULABLE,
-        Reason.APPLY_FAILED,
-        Reason.FAILED_CREATE,
-    }
-    | FAILING_CONTAINER_REASONS
-)
+READY_REASONS: frozenset[Reason] = _NOT_READY_WARNINGS | {
+    Reason.READY,
+    Reason.SCALED_TO_ZERO,
+    Reason.DOWNLOADING_WEIGHTS,
+    Reason.SWITCHING_TOPOLOGY,
+    Reason.ROLLING_OUT,
+    Reason.LOADING,
+}
