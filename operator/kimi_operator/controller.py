@@ -23,7 +23,7 @@ from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.api.resource import KimiDeployment
 from kimi_operator.config import OperatorConfig
 from kimi_operator.hub import Resolver
-from kimi_operator.kube import Forbidden, Kube, KubeError, NotFound
+from kimi_operator.kube import Conflict, Forbidden, Kube, KubeError, NotFound
 from kimi_operator.timeutil import now_rfc3339, parse_rfc3339
 
 Manifest = dict[str, Any]
@@ -55,13 +55,16 @@ def _volume_problem(kube: Kube, namespace: str, pvc: Manifest | None, grace: int
     )
 
 
-def _completed_by_others(kube: Kube, namespace: str, name: str, claim: str) -> frozenset[str]:
-    """repo@commit keys other KimiDeployments in the namespace completed on the same volume."""
-    keys = {
-        (kd.get("status") or {}).get("weights", {}).get("completedKey", "")
-        for kd in kube.list_kds(namespace)
-        if kd["metadata"]["name"] != name and (kd.get("status") or {}).get("weights", {}).get("claimName") == claim
-    }
+def _completed_by_others(kube: Kube, namespace: str, name: str, claim: str, uid: str | None) -> frozenset[str]:
+    """repo@commit keys other KimiDeployments in the namespace completed on the same volume: the same claim name
+    and, where they recorded it, the same claim UID (a namesake of a deleted claim is another volume)."""
+    if uid is None:
+        return frozenset()
+    keys = set()
+    for kd in kube.list_kds(namespace):
+        w = (kd.get("status") or {}).get("weights") or {}
+        if kd["metadata"]["name"] != name and w.get("claimName") == claim and w.get("claimUID") in (None, uid):
+            keys.add(str(w.get("completedKey") or ""))
     return frozenset(keys - {""})
 
 
@@ -163,11 +166,13 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
         error = error or draft_error
     names = render.names(name, spec)
     claim = names.pvc
+    pvc, volume_problem = _claim(kube, namespace, spec, claim, children, volume_grace)
+    uid = str(pvc["metadata"].get("uid") or "") or None if pvc is not None else None
     done = kd.status.weights.completed_key if kd.status.weights else None
     if pinned and done == f"{repo}@{pinned}":
         completed: frozenset[str] = frozenset()  # already complete here: no need to look at the neighbours
     else:
-        completed = _completed_by_others(kube, namespace, name, claim)
+        completed = _completed_by_others(kube, namespace, name, claim, uid)
     return dataclasses.replace(
         observed,
         resolved_commit=commit,
@@ -175,31 +180,33 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
         resolve_error=error,
         revision_missing=revision_missing,
         completed_on_claim=completed,
-        volume_problem=_claim_problem(kube, namespace, spec, claim, children, volume_grace),
+        volume_problem=volume_problem,
+        claim=pvc,
         node_allocatable=_smallest_node(kube, spec),
         fetch_create_error=_fetch_create_error(kube, namespace, children.get(("Job", names.job)), fetch_pods),
     )
 
 
-def _claim_problem(
+def _claim(
     kube: Kube,
     namespace: str,
     spec: KimiDeploymentSpec,
     claim: str,
     children: dict[tuple[str, str], Manifest],
     grace: int,
-) -> str:
-    """Why the weights PVC cannot be used: a user's existing claim that does not exist (said at once), or any claim
-    still Pending after `grace` seconds."""
+) -> tuple[Manifest | None, str]:
+    """The weights PVC (None: absent) and why it cannot be used: a user's existing claim that does not exist (said
+    at once), or any claim still Pending after `grace` seconds."""
     if not spec.weights.existing_claim_name:
-        return _volume_problem(kube, namespace, children.get(("PersistentVolumeClaim", claim)), grace)
+        pvc = children.get(("PersistentVolumeClaim", claim))
+        return pvc, _volume_problem(kube, namespace, pvc, grace)
     pvc = kube.get(kube_mod.CHILD_TYPES["PersistentVolumeClaim"], namespace, claim)
     if pvc is None:
-        return (
+        return None, (
             f"PersistentVolumeClaim {claim} (spec.weights.existingClaimName) does not exist in namespace {namespace}: "
             "create it, or unset existingClaimName and the operator creates one"
         )
-    return _volume_problem(kube, namespace, pvc, grace)
+    return pvc, _volume_problem(kube, namespace, pvc, grace)
 
 
 def _fetch_create_error(kube: Kube, namespace: str, job: Manifest | None, fetch_pods: list[Manifest]) -> str:
@@ -279,7 +286,16 @@ def reconcile_one(
     else:
         _write_backoff.pop((namespace, name), None)
     if actions.status is not None:
-        kube.patch_status(namespace, name, actions.status)
+        try:
+            kube.patch_status(namespace, name, actions.status, uid=kd.uid)
+        except Conflict:
+            # Deleted and re-created under the same name since it was read: this status (and its Events) were worked
+            # out for the old object. The new one's creation queued it again; it is reconciled from its own state.
+            log.info(
+                "%s/%s: re-created while it was reconciled; the old object's status is not written", namespace, name
+            )
+            actions.events.clear()
+            return actions
         weights = actions.status.get("weights")
         if isinstance(weights, dict):
             ready = any(

@@ -301,11 +301,14 @@ class Kube:
                 content_type="application/merge-patch+json",
             )
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, uid: str) -> None:
+        """A JSON merge patch of .status, only onto the KimiDeployment with this UID: a status worked out for an
+        object that was deleted and re-created under the same name meanwhile is refused (409 Conflict), never
+        written onto the new one (it would carry the old one's download record)."""
         self._call(
             "PATCH",
             KD.path(namespace, name) + "/status",
-            body={"status": status},
+            body={"metadata": {"uid": uid}, "status": status},
             query=[("fieldManager", FIELD_MANAGER)],
             content_type="application/merge-patch+json",
         )

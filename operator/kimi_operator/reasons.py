@@ -31,6 +31,8 @@ class Reason(StrEnum):
     FETCH_FAILED = "FetchFailed"
     REVISION_UNRESOLVED = "RevisionUnresolved"
     REVISION_NOT_FOUND = "RevisionNotFound"  # the Hub has the repo but not the spec's revision: nothing downloads
+    VOLUME_REPLACED = "VolumeReplaced"  # the claim has another UID than the completed download: downloaded again
+    VOLUME_TERMINATING = "VolumeTerminating"  # the weights PVC is being deleted (pods still mount it)
     # -- serving (Ready, Progressing, Available)
     READY = "Ready"
     COMPLETE = "Complete"
@@ -106,6 +108,7 @@ _NOT_READY_WARNINGS: frozenset[Reason] = frozenset(
         Reason.INVALID_TOPOLOGY,
         Reason.LWS_NOT_INSTALLED,
         Reason.VOLUME_NOT_BOUND,
+        Reason.VOLUME_TERMINATING,
         Reason.FETCH_FAILED,
         Reason.REVISION_UNRESOLVED,
         Reason.REVISION_NOT_FOUND,
@@ -117,7 +120,11 @@ _NOT_READY_WARNINGS: frozenset[Reason] = frozenset(
 )
 
 # Worth a Warning Event: the Ready warnings above, and the autoscaler's (ScalingActive=False).
-_WARNINGS: frozenset[Reason] = _NOT_READY_WARNINGS | {Reason.METRICS_UNAVAILABLE, Reason.NO_READY_REPLICAS}
+_WARNINGS: frozenset[Reason] = _NOT_READY_WARNINGS | {
+    Reason.VOLUME_REPLACED,
+    Reason.METRICS_UNAVAILABLE,
+    Reason.NO_READY_REPLICAS,
+}
 WARNING_REASONS = _WARNINGS
 
 # The reasons the Ready condition (the STATUS column) can carry. The others belong to WeightsReady (Downloading,

@@ -11,6 +11,7 @@ import time
 import pytest
 import yaml
 
+from kimi_operator import kube
 from kimi_operator.render import RETAIN_ANNOTATION as RETAIN
 from kimi_testbed.wait import NotYet, wait_for
 
@@ -269,3 +270,17 @@ def test_a_missing_priority_class_is_reported_with_the_admission_message(env: En
         env.wait_condition("noprio", "Ready", "True", "Ready", timeout=180)
     finally:
         env.kubectl.run("delete", "priorityclass", "no-such-priority", "--ignore-not-found", check=False)
+
+
+def test_a_status_patch_for_another_incarnation_of_the_name_is_refused_by_the_api_server(env: Env) -> None:
+    """The contract reconcile_one relies on (tests/unit/test_controller_loop.py): a merge patch of /status that
+    names a UID lands only on the object with that UID; for a re-created namesake the API server answers 409."""
+    env.apply(kd("incarnation"))
+    env.wait_condition("incarnation", "WeightsReady", "False", timeout=60)
+    uid = env.get("incarnation")["metadata"]["uid"]
+    with pytest.raises(kube.Conflict) as refused:
+        env.kube.patch_status(env.ns, "incarnation", {"endpoint": "stale"}, uid="0b3e4a9c-0000-4000-8000-000000000000")
+    assert "UID" in str(refused.value), refused.value
+    before = env.get("incarnation")["metadata"]["resourceVersion"]
+    env.kube.patch_status(env.ns, "incarnation", {"observedGeneration": 0}, uid=uid)  # its own UID: accepted
+    assert env.get("incarnation")["metadata"]["resourceVersion"] != before, "the accepted patch was written"

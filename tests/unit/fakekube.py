@@ -159,6 +159,7 @@ class FakeKube(Kube):
     def __init__(self, *, lws_installed: bool = True) -> None:
         super().__init__(cast(kubernetes.client.ApiClient, None))  # no client: nothing here reaches a server
         self.objects: dict[Key, Manifest] = {}
+        self._incarnations: dict[str, int] = {}
         self.owned: dict[Key, Manifest] = {}  # what this field manager last applied, per object
         self.logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> log text
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name) of every write the operator asked for
@@ -236,7 +237,10 @@ class FakeKube(Kube):
     def _store(self, key: Key, new: Manifest, prev: Manifest | None) -> Manifest:
         meta = new["metadata"]
         if prev is None:
-            meta.setdefault("uid", f"uid-{key[0].lower()}-{key[2]}")
+            uid = f"uid-{key[0].lower()}-{key[2]}"
+            self._incarnations[uid] = self._incarnations.get(uid, 0) + 1
+            # a re-created object is another object: a new UID, as on a real server
+            meta.setdefault("uid", uid if self._incarnations[uid] == 1 else f"{uid}-{self._incarnations[uid]}")
             meta.setdefault("creationTimestamp", STAMP)
             meta["generation"] = 1
             _fill(new, SERVER_DEFAULTS.get(key[0], {}))
@@ -339,13 +343,19 @@ class FakeKube(Kube):
             pod["metadata"]["annotations"] = {**(pod["metadata"].get("annotations") or {}), **annotations}
             self._bump(pod)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, uid: str) -> None:
         with self._lock:
             self.writes.append(("patch_status", KIND, name))
             self._check("patch_status", KIND, name)
             obj = self.objects.get((KIND, namespace, name))
             if obj is None:
                 raise status_error(404, f'kimideployments.{GROUP} "{name}" not found')
+            if obj["metadata"].get("uid") != uid:  # what the API server answers to a UID in the patch (see test)
+                raise status_error(
+                    409,
+                    f'Operation cannot be fulfilled on kimideployments.{GROUP} "{name}": Precondition failed: '
+                    f"UID in precondition: {uid}, UID in object meta: {obj['metadata'].get('uid')}",
+                )
             obj["status"] = merge_patch(obj.get("status") or {}, status)
             self._bump(obj)
 

@@ -106,7 +106,12 @@ def _serving(desired: int | None = None) -> FakeKube:
     kube.set_status("Job", "kd-fetch", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
     controller.reconcile_one(kube, config, "ns", "kd", hub)
     if desired is not None:
-        kube.patch_status("ns", "kd", {"autoscaler": {"desiredReplicas": desired}})
+        kube.patch_status(
+            "ns",
+            "kd",
+            {"autoscaler": {"desiredReplicas": desired}},
+            uid=kube.obj("KimiDeployment", "kd")["metadata"]["uid"],
+        )
     return kube
 
 

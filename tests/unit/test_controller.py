@@ -90,10 +90,10 @@ def test_an_existing_claim_that_is_missing_is_a_problem_at_once_and_a_bound_one_
     from kimi_operator.api.models import KimiDeploymentSpec
 
     spec = KimiDeploymentSpec.model_validate({"weights": {"existingClaimName": "mine"}})
-    missing = controller._claim_problem(cast(Kube, Refs({}, [])), "ns", spec, "mine", {}, 30)
-    assert "mine (spec.weights.existingClaimName) does not exist in namespace ns" in missing
-    bound = {"metadata": {"name": "mine"}, "status": {"phase": "Bound"}}
-    assert controller._claim_problem(cast(Kube, Refs({"mine": bound}, [])), "ns", spec, "mine", {}, 30) == ""
+    pvc, missing = controller._claim(cast(Kube, Refs({}, [])), "ns", spec, "mine", {}, 30)
+    assert pvc is None and "mine (spec.weights.existingClaimName) does not exist in namespace ns" in missing
+    bound = {"metadata": {"name": "mine", "uid": "u1"}, "status": {"phase": "Bound"}}
+    assert controller._claim(cast(Kube, Refs({"mine": bound}, [])), "ns", spec, "mine", {}, 30) == (bound, "")
 
 
 def test_the_fetch_jobs_failed_create_event_is_read_only_while_it_has_no_pod() -> None:

@@ -132,6 +132,41 @@ def test_a_transient_error_fails_the_reconcile_for_the_queue_to_retry() -> None:
     assert ("Service", "ns", "kd") in kube.objects
 
 
+def test_a_status_worked_out_for_a_deleted_kimideployment_is_never_written_onto_its_namesake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CI saw it on the real node: a reconcile of the old object (its status records the completed download) was in
+    flight while the test deleted and re-created the KimiDeployment; its status patch landed on the new one, which
+    then trusted the old download record and never fetched. The patch now carries the UID it was worked out for."""
+    kube = _kube()
+    _reconcile(kube)
+    _job_completes(kube)
+    _reconcile(kube)
+    _reconcile(kube)  # the Job goes once the completion is recorded
+    assert kube.obj("KimiDeployment", "kd")["status"]["weights"]["completedKey"]
+    old_uid = kube.obj("KimiDeployment", "kd")["metadata"]["uid"]
+    real_observe = controller.observe
+
+    def replaced_meanwhile(*args: Any, **kwargs: Any) -> reconcile.Observed:
+        observed = real_observe(*args, **kwargs)
+        del kube.objects[("KimiDeployment", "ns", "kd")]  # kubectl delete, then apply: another object
+        kube.put(kimideployment("kd", {}))
+        return observed
+
+    monkeypatch.setattr(controller, "observe", replaced_meanwhile)
+    events = len(kube.recorded_events("kd"))
+    _reconcile(kube)
+    new = kube.obj("KimiDeployment", "kd")
+    assert new["metadata"]["uid"] != old_uid
+    assert "status" not in new or not new["status"].get("weights"), new.get("status")
+    assert len(kube.recorded_events("kd")) == events, "no Events for the old object's decision"
+
+    monkeypatch.setattr(controller, "observe", real_observe)
+    _reconcile(kube)
+    assert _condition(kube, "WeightsReady")["reason"] == "Downloading", "the new object checks its volume again"
+    assert ("Job", "ns", "kd-fetch") in kube.objects
+
+
 def test_a_gone_kimideployment_is_none_and_writes_nothing() -> None:
     kube = FakeKube()
     assert controller.reconcile_one(kube, CONFIG, "ns", "kd", FakeHub()) is None

@@ -440,15 +440,41 @@ def test_a_pinned_commit_survives_the_branch_moving() -> None:
     assert s.body["status"]["model"]["resolvedRevision"] == COMMIT
 
 
+def _shared_claim(s: Server) -> str:
+    """The user's claim "shared" (spec.weights.existingClaimName), Bound; returns its UID."""
+    pvc = s.kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "shared", "namespace": "ns", "creationTimestamp": NOW},
+            "spec": {"accessModes": ["ReadWriteMany"]},
+            "status": {"phase": "Bound"},
+        }
+    )
+    return str(pvc["metadata"]["uid"])
+
+
 def test_a_snapshot_completed_by_another_deployment_on_the_same_volume_is_reused() -> None:
     s = Server({"weights": {"existingClaimName": "shared"}})
+    uid = _shared_claim(s)
     other = kimideployment("other", {"weights": {"existingClaimName": "shared"}})
-    s.kube.put(
-        other | {"status": {"weights": {"claimName": "shared", "completedKey": f"moonshotai/Kimi-K2.5@{COMMIT}"}}}
-    )
+    done = {"claimName": "shared", "claimUID": uid, "completedKey": f"moonshotai/Kimi-K2.5@{COMMIT}"}
+    s.kube.put(other | {"status": {"weights": done}})
     actions = s.step()
     assert _kinds(actions) == [("Deployment", "kd"), ("Service", "kd"), ("Service", "kd-headless")]
     assert _cond(s, "WeightsReady")["reason"] == "Reused"
+    assert s.body["status"]["weights"]["claimUID"] == uid
+
+
+def test_a_snapshot_another_deployment_completed_on_an_earlier_claim_of_that_name_is_not_reused() -> None:
+    s = Server({"weights": {"existingClaimName": "shared"}})
+    _shared_claim(s)
+    other = kimideployment("other", {"weights": {"existingClaimName": "shared"}})
+    done = {"claimName": "shared", "claimUID": "a-deleted-claim", "completedKey": f"moonshotai/Kimi-K2.5@{COMMIT}"}
+    s.kube.put(other | {"status": {"weights": done}})
+    actions = s.step()
+    assert ("Job", "kd-fetch") in _kinds(actions) and ("Deployment", "kd") not in _kinds(actions)
+    assert _cond(s, "WeightsReady")["reason"] == "Downloading"
 
 
 def test_an_unbound_volume_is_a_condition_not_a_silent_wait() -> None:
@@ -726,3 +752,97 @@ def test_a_revision_the_hub_does_not_have_gets_no_fetch_job_and_says_so() -> Non
     ready = next(c for c in actions.status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "RevisionNotFound" and "set spec.model.revision" in ready["message"], ready
     assert ("Warning", "RevisionNotFound") in {(e.type, e.reason) for e in actions.events}
+
+
+# ---------------------------------------------------------------------------------------- the volume's identity
+def _claim_uid(s: Server) -> str:
+    return str(s.kube.obj("PersistentVolumeClaim", "kd-weights")["metadata"]["uid"])
+
+
+def test_the_completed_download_is_bound_to_the_claims_uid() -> None:
+    s = _serving()
+    assert s.body["status"]["weights"]["claimUID"] == _claim_uid(s)
+
+
+def test_an_emptied_volume_is_never_served_it_is_downloaded_to_again() -> None:
+    """The fault run's defect 1: scale to 0, delete the weights PVC, a new empty volume binds, scale to 1. The new
+    claim has another UID: the record of the old download does not cover it."""
+    s = _serving()
+    old_uid = _claim_uid(s)
+    s.set_spec(replicas=0)
+    s.step()
+    assert s.children[("Deployment", "kd")]["spec"]["replicas"] == 0
+    s.kube.drop("PersistentVolumeClaim", "kd-weights")  # kubectl delete pvc (nothing mounts it at 0 replicas)
+    s.set_spec(replicas=1)
+
+    replaced = s.step()
+    assert ("PersistentVolumeClaim", "kd-weights") in _kinds(replaced), "a new claim"
+    assert ("Deployment", "kd") not in _kinds(replaced), "no replica starts on the new, empty volume"
+    cond = _cond(s, "WeightsReady")
+    assert (cond["status"], cond["reason"]) == ("False", "VolumeReplaced"), cond
+    assert old_uid in cond["message"] and "downloaded again" in cond["message"], cond
+    assert ("Warning", "VolumeReplaced") in {(e.type, e.reason) for e in replaced.events}
+    assert _cond(s, "Ready")["reason"] == "DownloadingWeights"
+    assert "completedKey" not in s.body["status"]["weights"], "the old record is dropped"
+
+    assert ("Job", "kd-fetch") in _kinds(replaced), "a fetch Job for the new volume"
+    new_uid = _claim_uid(s)
+    assert new_uid != old_uid
+    s.step()
+    assert _cond(s, "WeightsReady")["reason"] == "Downloading"
+    assert s.children[("Deployment", "kd")]["spec"]["replicas"] == 0, "still nothing serves from it"
+
+    s.job_succeeds()
+    s.step()
+    assert _cond(s, "WeightsReady")["reason"] == "Downloaded"
+    assert s.body["status"]["weights"]["claimUID"] == new_uid
+    assert s.children[("Deployment", "kd")]["spec"]["replicas"] == 1, "serves once the new volume is complete"
+
+
+def test_a_finished_job_made_before_the_claim_does_not_count_for_it() -> None:
+    """The PVC was deleted while the fetch pod wrote to it (the pod kept it until it finished), then re-created:
+    the Job's success belongs to the old volume. It is replaced by a Job that checks the new one."""
+    s = Server({})
+    s.step()
+    pvc = s.kube.obj("PersistentVolumeClaim", "kd-weights")
+    s.kube.drop("PersistentVolumeClaim", "kd-weights")
+    pvc["metadata"].update(uid="the-new-claim", creationTimestamp="2026-11-23T12:05:00Z")
+    s.kube.put(pvc)
+    s.job_succeeds()
+    actions = s.step()
+    assert actions.delete == [("Job", "kd-fetch")], actions.explanation
+    assert _cond(s, "WeightsReady")["reason"] == "VolumeReplaced"
+    assert ("Deployment", "kd") not in s.children
+    s.step()
+    assert ("Job", "kd-fetch") in s.children and not (s.children[("Job", "kd-fetch")].get("status") or {})
+
+
+def test_a_terminating_weights_claim_is_reported_while_it_lasts_and_serving_goes_on() -> None:
+    s = _serving()
+    s.kube.update(
+        "PersistentVolumeClaim",
+        "kd-weights",
+        lambda pvc: pvc["metadata"].update(
+            deletionTimestamp="2026-11-23T12:10:00Z", finalizers=["kubernetes.io/pvc-protection"]
+        ),
+    )
+    actions = s.step()
+    for ctype in ("WeightsReady", "Ready"):
+        cond = _cond(s, ctype)
+        assert (cond["status"], cond["reason"]) == ("False", "VolumeTerminating"), cond
+    assert "being deleted" in _cond(s, "Ready")["message"]
+    assert ("Warning", "VolumeTerminating") in {(e.type, e.reason) for e in actions.events}
+    assert ("Deployment", "kd") not in actions.delete and ("Deployment", "kd") in s.children
+    assert _cond(s, "Progressing")["status"] == "False", "stalled: it does not pass by itself"
+
+
+def test_a_claim_still_pending_is_reported_even_when_a_download_is_on_record() -> None:
+    """Defect 1's second half: while the new claim was Pending, VolumeNotBound was hidden by the old record."""
+    s = _serving()
+    s.kube.drop("PersistentVolumeClaim", "kd-weights")
+    s.step()  # re-created
+    s.kube.update("PersistentVolumeClaim", "kd-weights", lambda pvc: pvc.update(status={"phase": "Pending"}))
+    s.step("2026-11-23T12:30:00Z")
+    with mock.patch.object(controller.time, "time", lambda: 1_900_000_000.0):
+        s.step("2026-11-23T12:30:00Z")
+    assert _cond(s, "WeightsReady")["reason"] == "VolumeNotBound", _cond(s, "WeightsReady")

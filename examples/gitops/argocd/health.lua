@@ -17,6 +17,7 @@ local degraded = {
   InvalidTopology = true,
   LeaderWorkerSetNotInstalled = true,
   VolumeNotBound = true,
+  VolumeTerminating = true,
   FetchFailed = true,
   RevisionUnresolved = true,
   RevisionNotFound = true,

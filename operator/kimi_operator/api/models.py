@@ -524,6 +524,12 @@ class WeightsStatus(ApiModel):
     attempts: int | None = Field(default=None, description="Failed downloads so far (retried with backoff).")
     completed_at: str | None = None
     completed_key: str | None = None
+    claim_uid: str | None = Field(
+        default=None,
+        alias="claimUID",
+        description="UID of the PersistentVolumeClaim the completed snapshot was verified on: a claim with another "
+        "UID (re-created, replaced) is downloaded to again.",
+    )
 
 
 class PlanStatus(ApiModel):

@@ -19,7 +19,7 @@ from kimi_operator.api import resource
 from kimi_operator.api.models import AutoscalerStatus, KimiDeploymentSpec
 from kimi_operator.autoscaler import policy, sources
 from kimi_operator.engine.sglang import HTTP_PORT
-from kimi_operator.kube import Kube
+from kimi_operator.kube import Conflict, Kube
 from kimi_operator.reasons import Reason
 from kimi_operator.timeutil import now_rfc3339
 
@@ -151,7 +151,12 @@ class Autoscalers:
             self._prefer_idle_for_deletion(namespace, loads)
         patch = status_patch(decision, source, failures, old, now_rfc3339())
         if patch:
-            self.kube.patch_status(namespace, name, {"autoscaler": patch})
+            try:
+                self.kube.patch_status(namespace, name, {"autoscaler": patch}, uid=kd.uid)
+            except Conflict:  # deleted and re-created under the same name since the read: start over on the new one
+                log.info("autoscaler %s/%s: re-created while it was observed; its decision is dropped", *key)
+                self.states.pop(key, None)
+                return 1.0
         previous_reason = ((old.last_decision if old else None) or "").split(":", 1)[0]
         if decision.changed:
             kind = Reason.SCALED_UP if decision.desired > current else Reason.SCALED_DOWN

@@ -323,6 +323,7 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
     stalled = reason in (
         Reason.FETCH_FAILED,
         Reason.VOLUME_NOT_BOUND,
+        Reason.VOLUME_TERMINATING,
         Reason.REVISION_UNRESOLVED,
         Reason.REVISION_NOT_FOUND,
         Reason.APPLY_FAILED,

@@ -31,6 +31,8 @@ class WeightsState(Enum):
     FETCH_FAILED = Reason.FETCH_FAILED
     REVISION_UNRESOLVED = Reason.REVISION_UNRESOLVED  # downloaded, but which commit is unknown
     REVISION_NOT_FOUND = Reason.REVISION_NOT_FOUND  # the Hub says the revision does not exist: no Job is created
+    VOLUME_REPLACED = Reason.VOLUME_REPLACED  # the claim is not the volume the snapshot was completed on: again
+    VOLUME_TERMINATING = Reason.VOLUME_TERMINATING  # the weights PVC is being deleted: nothing can be trusted on it
 
     @property
     def reason(self) -> Reason:
@@ -44,7 +46,7 @@ class WeightsState(Enum):
     @property
     def wants_fetch_job(self) -> bool:
         """A fetch Job should exist (a failed one stays until its backoff passes)."""
-        return self in (WeightsState.DOWNLOADING, WeightsState.FETCH_FAILED)
+        return self in (WeightsState.DOWNLOADING, WeightsState.FETCH_FAILED, WeightsState.VOLUME_REPLACED)
 
     @property
     def waits(self) -> bool:
@@ -52,6 +54,7 @@ class WeightsState(Enum):
         the Ready condition gives this state's own reason."""
         return self in (
             WeightsState.VOLUME_NOT_BOUND,
+            WeightsState.VOLUME_TERMINATING,
             WeightsState.REVISION_UNRESOLVED,
             WeightsState.REVISION_NOT_FOUND,
         )
@@ -59,7 +62,7 @@ class WeightsState(Enum):
     @property
     def ready_reason(self) -> Reason:
         """The Ready condition's reason while the weights are not ready."""
-        if self is WeightsState.DOWNLOADING:
+        if self in (WeightsState.DOWNLOADING, WeightsState.VOLUME_REPLACED):
             return Reason.DOWNLOADING_WEIGHTS
         return self.reason
 
@@ -159,6 +162,17 @@ def _progress_detail(rec: FetchProgress) -> dict[str, Any]:
     }
 
 
+def _uid(obj: Manifest | None) -> str | None:
+    return str(((obj or {}).get("metadata") or {}).get("uid") or "") or None
+
+
+def _created_before(job: Manifest, claim: Manifest | None) -> bool:
+    """The Job was made before this claim: what it downloaded went to an earlier volume of the same name."""
+    made = parse_rfc3339(str((job.get("metadata") or {}).get("creationTimestamp") or ""))
+    bound = parse_rfc3339(str(((claim or {}).get("metadata") or {}).get("creationTimestamp") or ""))
+    return bool(made and bound and made < bound)
+
+
 def weights(
     status: KimiDeploymentStatus,
     job: Manifest | None,
@@ -170,23 +184,54 @@ def weights(
     now: str,
 ) -> Weights:
     """The state of snapshot `key` (repo@commit) on volume `claim`; `job_key` (repo@revision) is what the fetch
-    Job was asked for."""
+    Job was asked for.
+
+    A download is bound to the volume's identity, not its name: the claim's UID is recorded with the completion,
+    and a claim with another UID (deleted and re-created, replaced by hand) is a volume nothing was verified on.
+    A record without a UID (written by an operator before 0.x recorded it) is trusted and the UID adopted; the
+    serving pod's weights-check init container still refuses a snapshot without its completion manifest."""
     old = status.weights
-    remembered = old is not None and old.completed_key == key and old.claim_name == claim
-    reused = f"{key} is already complete on volume {claim} (no download needed)"
-    if remembered:
-        was = observed.kd.condition("WeightsReady")
-        if was is not None and was.reason == WeightsState.REUSED.reason:
-            return Weights(WeightsState.REUSED, reused, "100%")
-        return Weights(WeightsState.DOWNLOADED, f"{key} is complete on volume {claim}", "100%")
-    if key in observed.completed_on_claim:
-        return Weights(WeightsState.REUSED, reused, "100%")
+    pvc = observed.claim
+    uid = _uid(pvc)
+    ready = {"claim_uid": uid} if uid else {}
+    if pvc is not None and (pvc.get("metadata") or {}).get("deletionTimestamp"):
+        return Weights(
+            WeightsState.VOLUME_TERMINATING,
+            f"PersistentVolumeClaim {claim} is being deleted: it goes once no pod mounts it (scale to 0 or delete "
+            "the KimiDeployment to let it go); then the operator makes a new volume and downloads "
+            f"{job_key} into it again",
+            "Pending",
+        )
     if observed.volume_problem:
         return Weights(WeightsState.VOLUME_NOT_BOUND, observed.volume_problem, "Pending")
+    same_name = old is not None and old.completed_key == key and old.claim_name == claim
+    if same_name and uid is not None and old is not None and old.claim_uid in (None, uid):
+        was = observed.kd.condition("WeightsReady")
+        if was is not None and was.reason == WeightsState.REUSED.reason:
+            return Weights(
+                WeightsState.REUSED, f"{key} is already complete on volume {claim} (no download needed)", "100%", ready
+            )
+        return Weights(WeightsState.DOWNLOADED, f"{key} is complete on volume {claim}", "100%", ready)
+    if key in observed.completed_on_claim and uid is not None:
+        return Weights(
+            WeightsState.REUSED, f"{key} is already complete on volume {claim} (no download needed)", "100%", ready
+        )
     annotated = ((job or {}).get("metadata", {}).get("annotations") or {}).get(render.WEIGHTS_KEY_ANNOTATION)
     state, why, detail, failed_at = _job_state(job) if annotated in (None, job_key) else ("absent", "", "", "")
-    if state == "succeeded":
-        return Weights(WeightsState.DOWNLOADED, f"{key} is complete on volume {claim}", "100%")
+    stale = job is not None and state != "absent" and _created_before(job, pvc)
+    if same_name or stale:
+        before = old.claim_uid if old is not None and old.claim_uid else "unknown"
+        return Weights(
+            WeightsState.VOLUME_REPLACED,
+            f"PersistentVolumeClaim {claim} is not the volume {key} was downloaded to (claim UID {before}, now "
+            f"{uid or 'none: it is being created again'}): it is downloaded again",
+            "Downloading",
+            retry_job=stale,  # that Job's result belongs to the old volume: a new Job checks this one
+        )
+    if state == "succeeded" and uid is not None:
+        return Weights(WeightsState.DOWNLOADED, f"{key} is complete on volume {claim}", "100%", ready)
+    if state == "succeeded":  # the claim cannot be read: nothing to bind the download to yet
+        return Weights(WeightsState.DOWNLOADING, f"downloading {job_key} into volume {claim}", "Downloading")
     if state == "failed":
         attempts = int((old.attempts if old else None) or 0) + 1
         text = f"downloading {job_key} failed ({why}: {detail})".replace(": )", ")")
