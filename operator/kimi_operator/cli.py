@@ -197,6 +197,33 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_check_weights(args: argparse.Namespace) -> int:
+    """The serving pod's weights-check init container: each snapshot directory holds the fetcher's completion
+    manifest and every file it lists at its size (no hashing: seconds, not the minutes 600 GB of sha256 take)."""
+    from kimi_operator import weights
+
+    failed = False
+    for directory in args.paths:
+        problems = weights.validate_manifest(directory)
+        if problems:
+            failed = True
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            print(
+                f"weights-check: {directory} is not a complete snapshot: {shown}. The engine is not started on it: "
+                "the operator's fetch Job downloads and verifies it (kubectl describe kimideployment says where "
+                "the download is)",
+                file=sys.stderr,
+            )
+            continue
+        manifest = weights.read_manifest(directory)
+        assert manifest is not None  # validate_manifest found it
+        print(
+            f"weights-check: {directory}: complete, {len(manifest.files)} files, "
+            f"{weights.human_bytes(manifest.total_bytes)}, verified {manifest.completed_at}"
+        )
+    return 1 if failed else 0
+
+
 def cmd_crd(_: argparse.Namespace) -> int:
     from kimi_operator.api import crd
 
@@ -256,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     f.add_argument("--termination-log", default="/dev/termination-log", help="where the result JSON goes (k8s)")
     f.set_defaults(func=cmd_fetch)
+    w = sub.add_parser(
+        "check-weights",
+        help="check snapshot directories against their completion manifests (the serving pod's init container)",
+        description="Exit 0 when every DIR holds the fetcher's completion manifest and each file it lists at its "
+        "size; else print what is missing and exit 1. Reads no file contents (the fetcher hashed them).",
+    )
+    w.add_argument("paths", nargs="+", metavar="DIR", help="a snapshot directory, e.g. /models/<repo>/<commit>")
+    w.set_defaults(func=cmd_check_weights)
     c = sub.add_parser("crd", help="print the KimiDeployment CRD")
     c.set_defaults(func=cmd_crd)
     args = parser.parse_args(argv)

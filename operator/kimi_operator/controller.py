@@ -287,13 +287,12 @@ def reconcile_one(
         _write_backoff.pop((namespace, name), None)
     if actions.status is not None:
         try:
-            kube.patch_status(namespace, name, actions.status, uid=kd.uid)
+            kube.patch_status(namespace, name, actions.status, resource_version=kd.resource_version)
         except Conflict:
-            # Deleted and re-created under the same name since it was read: this status (and its Events) were worked
-            # out for the old object. The new one's creation queued it again; it is reconciled from its own state.
-            log.info(
-                "%s/%s: re-created while it was reconciled; the old object's status is not written", namespace, name
-            )
+            # Changed (an edit, the autoscaler) or deleted and re-created under the same name since it was read: this
+            # status and its Events were worked out from an object that is no more. The change queued it again; it
+            # is reconciled from what is there now.
+            log.info("%s/%s: changed while it was reconciled; its status is worked out again", namespace, name)
             actions.events.clear()
             return actions
         weights = actions.status.get("weights")

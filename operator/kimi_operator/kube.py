@@ -301,14 +301,15 @@ class Kube:
                 content_type="application/merge-patch+json",
             )
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, uid: str) -> None:
-        """A JSON merge patch of .status, only onto the KimiDeployment with this UID: a status worked out for an
-        object that was deleted and re-created under the same name meanwhile is refused (409 Conflict), never
-        written onto the new one (it would carry the old one's download record)."""
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str) -> None:
+        """A JSON merge patch of .status, only onto the KimiDeployment exactly as it was read (its resourceVersion):
+        a status worked out from an object that changed since, or was deleted and re-created under the same name
+        (it would carry the old one's download record onto the new one), is refused with 409 Conflict. A UID in the
+        patch would not do: the status subresource copies metadata from the stored object before it compares."""
         self._call(
             "PATCH",
             KD.path(namespace, name) + "/status",
-            body={"metadata": {"uid": uid}, "status": status},
+            body={"metadata": {"resourceVersion": resource_version}, "status": status},
             query=[("fieldManager", FIELD_MANAGER)],
             content_type="application/merge-patch+json",
         )

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     REVISION_NOT_FOUND = "RevisionNotFound"  # the Hub has the repo but not the spec's revision: nothing downloads
     VOLUME_REPLACED = "VolumeReplaced"  # the claim has another UID than the completed download: downloaded again
     VOLUME_TERMINATING = "VolumeTerminating"  # the weights PVC is being deleted (pods still mount it)
+    SNAPSHOT_INCOMPLETE = "SnapshotIncomplete"  # a serving pod's weights-check init container refused the snapshot
     # -- serving (Ready, Progressing, Available)
     READY = "Ready"
     COMPLETE = "Complete"
@@ -122,6 +123,7 @@ _NOT_READY_WARNINGS: frozenset[Reason] = frozenset(
 # Worth a Warning Event: the Ready warnings above, and the autoscaler's (ScalingActive=False).
 _WARNINGS: frozenset[Reason] = _NOT_READY_WARNINGS | {
     Reason.VOLUME_REPLACED,
+    Reason.SNAPSHOT_INCOMPLETE,
     Reason.METRICS_UNAVAILABLE,
     Reason.NO_READY_REPLICAS,
 }

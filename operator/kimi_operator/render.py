@@ -269,6 +269,16 @@ def context(
                 else []
             ),
         ],
+        "weights_check_command": [
+            "kimi-operator",
+            "check-weights",
+            sglang.snapshot_path(plan.repo, plan.revision),
+            *(
+                [sglang.snapshot_path(spec.engine.speculative.draft_repo, plan.draft_commit or "main")]
+                if spec.engine.speculative is not None
+                else []
+            ),
+        ],
         "hf_endpoint": config.hf_endpoint,
         "fetch_uid": FETCH_UID,
         "fetch_resources": fetch_resources(spec),

@@ -272,15 +272,32 @@ def test_a_missing_priority_class_is_reported_with_the_admission_message(env: En
         env.kubectl.run("delete", "priorityclass", "no-such-priority", "--ignore-not-found", check=False)
 
 
-def test_a_status_patch_for_another_incarnation_of_the_name_is_refused_by_the_api_server(env: Env) -> None:
+def test_a_status_patch_worked_out_from_an_older_read_is_refused_by_the_api_server(env: Env) -> None:
     """The contract reconcile_one relies on (tests/unit/test_controller_loop.py): a merge patch of /status that
-    names a UID lands only on the object with that UID; for a re-created namesake the API server answers 409."""
+    carries the resourceVersion it was worked out from lands only while the object is still that version; a
+    re-created namesake (or any change since) gets 409. A UID in the patch is no such guard: the status subresource
+    copies metadata from the stored object before comparing (measured here: a wrong UID was accepted)."""
     env.apply(kd("incarnation"))
     env.wait_condition("incarnation", "WeightsReady", "False", timeout=60)
-    uid = env.get("incarnation")["metadata"]["uid"]
+    first = env.get("incarnation")
+    env.run("delete", "kd", "incarnation", "--wait=true")
+    env.apply(kd("incarnation"))
+    again = env.get("incarnation")
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
     with pytest.raises(kube.Conflict) as refused:
-        env.kube.patch_status(env.ns, "incarnation", {"endpoint": "stale"}, uid="0b3e4a9c-0000-4000-8000-000000000000")
-    assert "UID" in str(refused.value), refused.value
-    before = env.get("incarnation")["metadata"]["resourceVersion"]
-    env.kube.patch_status(env.ns, "incarnation", {"observedGeneration": 0}, uid=uid)  # its own UID: accepted
-    assert env.get("incarnation")["metadata"]["resourceVersion"] != before, "the accepted patch was written"
+        env.kube.patch_status(
+            env.ns, "incarnation", {"endpoint": "stale"}, resource_version=first["metadata"]["resourceVersion"]
+        )
+    assert "modified" in str(refused.value), refused.value
+
+    def patched() -> bool | NotYet:
+        body = env.get("incarnation")
+        try:  # the operator writes this status too: retried on a fresh read until one lands
+            env.kube.patch_status(
+                env.ns, "incarnation", {"observedGeneration": 0}, resource_version=body["metadata"]["resourceVersion"]
+            )
+        except kube.Conflict as err:
+            return NotYet(str(err))
+        return True
+
+    wait_for(patched, timeout=30, what="a status patch with the current resourceVersion to be accepted")

@@ -400,3 +400,82 @@ def test_a_bad_token_or_a_missing_repo_fails_at_once_without_retries(
     text = pod_logs(env, pods[0]["metadata"]["name"])
     assert expected in text and "hf_a-wrong-token-4242" not in text
     assert sum(fresh_hub.served_bytes.values()) == 0
+
+
+def engine_pods(env: Env, name: str) -> list[dict[str, Any]]:
+    return [
+        p for p in env.items("Pod", render.engine_pods_selector(name)) if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def weights_check(pod: dict[str, Any]) -> dict[str, Any]:
+    """The weights-check init container's status in a serving pod."""
+    statuses = pod.get("status", {}).get("initContainerStatuses") or []
+    return next((s for s in statuses if s["name"] == "weights-check"), {})
+
+
+def test_a_re_created_volume_and_an_emptied_snapshot_are_downloaded_again_before_the_engine_starts(
+    env: Env, fresh_hub: HubStandIn
+) -> None:
+    """Issue 16, defect 1, on the real node: Ready -> scale to 0 -> delete the weights PVC -> a new empty PV binds
+    -> scale to 1. The new claim has another UID: VolumeReplaced, a full download, and no engine pod until it is
+    complete. Then the snapshot's manifest is removed by hand and the serving pod restarted: its weights-check init
+    container refuses to start the engine, the operator answers SnapshotIncomplete with a fetch Job, and the pod
+    starts once the snapshot is whole."""
+    hub = fresh_hub
+    total = sum(f.size for f in wanted(hub).values())
+    first_root = volume(env, "again-weights")
+    env.apply(kd("again", **spec()))
+    env.wait_condition("again", "Ready", "True", "Ready", timeout=240)
+    first_uid = weights_status(env, "again")["claimUID"]
+    (pod,) = engine_pods(env, "again")
+    check = weights_check(pod)
+    assert check.get("state", {}).get("terminated", {}).get("exitCode") == 0, check  # it ran, on the real node
+    assert sum(hub.served_bytes.values()) == total
+
+    env.run("scale", "kd", "again", "--replicas=0")
+    wait_for(lambda: not engine_pods(env, "again") or NotYet(len(engine_pods(env, "again"))), 120, "no engine pod")
+    env.run("delete", "pvc", "again-weights", "--wait=true")
+    env.kubectl.run("delete", "pv", f"{env.ns}-again-weights", "--wait=true")  # Released; its files stay on disk
+    second_root = first_root.with_name("again-weights-2")
+    second_root.mkdir()
+    os.chown(second_root, FETCH_UID, FETCH_UID)
+    env.kubectl.apply(node_local_pv(env.ns, "again-weights", REAL, second_root))  # a new, empty volume
+    hub.reset_stats()
+    env.run("scale", "kd", "again", "--replicas=1")
+
+    early: list[str] = []
+
+    def downloaded_again() -> dict[str, Any] | NotYet:
+        w = env.condition("again", "WeightsReady") or {}
+        if w.get("status") == "True":
+            return w
+        early.extend(p["metadata"]["name"] for p in engine_pods(env, "again"))
+        return NotYet(w)
+
+    cond = wait_for(downloaded_again, 240, "WeightsReady=True on the new volume", interval=0.5)
+    assert cond["reason"] == "Downloaded", cond
+    assert not early, f"engine pods existed before the new volume was complete: {sorted(set(early))}"
+    assert ("Warning", "VolumeReplaced") in env.events("again")
+    assert weights_status(env, "again")["claimUID"] not in (None, first_uid)
+    assert sum(hub.served_bytes.values()) == total, "the new volume got every byte"
+    assert_volume_equals_hub(second_root, hub)
+    env.wait_condition("again", "Ready", "True", "Ready", timeout=240)
+
+    # the volume loses its snapshot behind the operator's back; the serving pod restarts
+    snap = snapshot(second_root, hub)
+    (snap / weights.MANIFEST_NAME).unlink()
+    hub.reset_stats()
+    (pod,) = engine_pods(env, "again")
+    env.run("delete", "pod", pod["metadata"]["name"], "--wait=false")
+    cond = env.wait_condition("again", "WeightsReady", "False", "SnapshotIncomplete", timeout=120)
+    assert "not a complete snapshot" in cond["message"], cond
+    assert ("Warning", "SnapshotIncomplete") in env.events("again")
+    env.wait_condition("again", "WeightsReady", "True", "Downloaded", timeout=180)
+    assert sum(hub.served_bytes.values()) == 0, "every file was intact: the fetcher re-verified, downloaded nothing"
+    assert not weights.validate_manifest(snap)
+    env.wait_condition("again", "Ready", "True", "Ready", timeout=300)  # the kubelet's init-container back-off
+    (pod,) = engine_pods(env, "again")
+    check = weights_check(pod)
+    log(f"weights-check restarts before the snapshot was whole again: {check.get('restartCount')}")
+    assert check.get("state", {}).get("terminated", {}).get("exitCode") == 0, check

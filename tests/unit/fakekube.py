@@ -343,18 +343,18 @@ class FakeKube(Kube):
             pod["metadata"]["annotations"] = {**(pod["metadata"].get("annotations") or {}), **annotations}
             self._bump(pod)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, uid: str) -> None:
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str) -> None:
         with self._lock:
             self.writes.append(("patch_status", KIND, name))
             self._check("patch_status", KIND, name)
             obj = self.objects.get((KIND, namespace, name))
             if obj is None:
                 raise status_error(404, f'kimideployments.{GROUP} "{name}" not found')
-            if obj["metadata"].get("uid") != uid:  # what the API server answers to a UID in the patch (see test)
+            if obj["metadata"].get("resourceVersion") != resource_version:  # as the API server (cluster test)
                 raise status_error(
                     409,
-                    f'Operation cannot be fulfilled on kimideployments.{GROUP} "{name}": Precondition failed: '
-                    f"UID in precondition: {uid}, UID in object meta: {obj['metadata'].get('uid')}",
+                    f'Operation cannot be fulfilled on kimideployments.{GROUP} "{name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
                 )
             obj["status"] = merge_patch(obj.get("status") or {}, status)
             self._bump(obj)

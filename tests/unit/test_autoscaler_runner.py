@@ -110,7 +110,7 @@ def _serving(desired: int | None = None) -> FakeKube:
             "ns",
             "kd",
             {"autoscaler": {"desiredReplicas": desired}},
-            uid=kube.obj("KimiDeployment", "kd")["metadata"]["uid"],
+            resource_version=kube.obj("KimiDeployment", "kd")["metadata"]["resourceVersion"],
         )
     return kube
 

@@ -137,7 +137,8 @@ def test_a_status_worked_out_for_a_deleted_kimideployment_is_never_written_onto_
 ) -> None:
     """CI saw it on the real node: a reconcile of the old object (its status records the completed download) was in
     flight while the test deleted and re-created the KimiDeployment; its status patch landed on the new one, which
-    then trusted the old download record and never fetched. The patch now carries the UID it was worked out for."""
+    then trusted the old download record and never fetched. The patch now carries the resourceVersion it was worked
+    out from, and the API server refuses it for any other version of the object."""
     kube = _kube()
     _reconcile(kube)
     _job_completes(kube)

@@ -846,3 +846,53 @@ def test_a_claim_still_pending_is_reported_even_when_a_download_is_on_record() -
     with mock.patch.object(controller.time, "time", lambda: 1_900_000_000.0):
         s.step("2026-11-23T12:30:00Z")
     assert _cond(s, "WeightsReady")["reason"] == "VolumeNotBound", _cond(s, "WeightsReady")
+
+
+def _refused_by_weights_check(finished: str) -> dict[str, Any]:
+    """A serving pod whose weights-check init container found the snapshot incomplete (its log: the message)."""
+    said = f"weights-check: /models/moonshotai/Kimi-K2.5/{COMMIT} is not a complete snapshot: no manifest"
+    terminated = {"exitCode": 1, "reason": "Error", "message": said, "finishedAt": finished}
+    return {
+        "metadata": {"name": "kd-7d9-abc", "labels": {render.WORKLOAD_LABEL: "deployment"}},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "weights-check",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                    "lastState": {"terminated": terminated},
+                }
+            ],
+        },
+    }
+
+
+def test_a_snapshot_a_serving_pod_finds_incomplete_is_sent_back_to_the_fetcher() -> None:
+    """The record says complete, the volume says otherwise (files deleted by hand, a restore gone wrong): the
+    serving pod's weights-check refuses to start the engine, and the operator answers with a fetch Job."""
+    s = _serving()
+    assert s.body["status"]["weights"]["completedAt"] == NOW
+    s.pods = [_refused_by_weights_check("2026-11-23T12:01:00Z")]
+    actions = s.step("2026-11-23T12:01:05Z")
+    cond = _cond(s, "WeightsReady")
+    assert (cond["status"], cond["reason"]) == ("False", "SnapshotIncomplete"), cond
+    assert "kd-7d9-abc" in cond["message"] and "not a complete snapshot" in cond["message"], cond
+    assert ("Warning", "SnapshotIncomplete") in {(e.type, e.reason) for e in actions.events}
+    assert ("Job", "kd-fetch") in _kinds(actions)
+    assert ("Deployment", "kd") in s.children, "the pods stay: their init container starts the engine once fixed"
+
+    s.step("2026-11-23T12:01:10Z")
+    assert _cond(s, "WeightsReady")["reason"] == "Downloading"
+    s.job_succeeds()
+    s.step("2026-11-23T12:03:00Z")
+    assert _cond(s, "WeightsReady")["reason"] == "Downloaded"
+    assert s.body["status"]["weights"]["completedAt"] == "2026-11-23T12:03:00Z"
+    s.step("2026-11-23T12:03:05Z")
+    assert _cond(s, "WeightsReady")["reason"] == "Downloaded", "the failure before this download is answered"
+
+
+def test_a_weights_check_failure_from_before_the_download_completed_is_not_held_against_it() -> None:
+    s = _serving()
+    s.pods = [_refused_by_weights_check("2026-11-23T11:59:00Z")]
+    s.step("2026-11-23T12:02:00Z")
+    assert _cond(s, "WeightsReady")["reason"] == "Downloaded"

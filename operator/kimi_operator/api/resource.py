@@ -43,6 +43,10 @@ class KimiDeployment:
         return str(self.body["metadata"].get("uid") or "")
 
     @property
+    def resource_version(self) -> str:
+        return str(self.body["metadata"].get("resourceVersion") or "")
+
+    @property
     def generation(self) -> int:
         return int(self.body["metadata"].get("generation") or 0)
 

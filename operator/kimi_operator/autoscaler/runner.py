@@ -152,10 +152,9 @@ class Autoscalers:
         patch = status_patch(decision, source, failures, old, now_rfc3339())
         if patch:
             try:
-                self.kube.patch_status(namespace, name, {"autoscaler": patch}, uid=kd.uid)
-            except Conflict:  # deleted and re-created under the same name since the read: start over on the new one
-                log.info("autoscaler %s/%s: re-created while it was observed; its decision is dropped", *key)
-                self.states.pop(key, None)
+                self.kube.patch_status(namespace, name, {"autoscaler": patch}, resource_version=kd.resource_version)
+            except Conflict:  # changed (or re-created) since the read: observe again what is there now
+                log.info("autoscaler %s/%s: changed while it was observed; it looks again", *key)
                 return 1.0
         previous_reason = ((old.last_decision if old else None) or "").split(":", 1)[0]
         if decision.changed:

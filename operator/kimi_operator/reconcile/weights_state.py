@@ -33,6 +33,7 @@ class WeightsState(Enum):
     REVISION_NOT_FOUND = Reason.REVISION_NOT_FOUND  # the Hub says the revision does not exist: no Job is created
     VOLUME_REPLACED = Reason.VOLUME_REPLACED  # the claim is not the volume the snapshot was completed on: again
     VOLUME_TERMINATING = Reason.VOLUME_TERMINATING  # the weights PVC is being deleted: nothing can be trusted on it
+    SNAPSHOT_INCOMPLETE = Reason.SNAPSHOT_INCOMPLETE  # a serving pod's weights-check found it incomplete: again
 
     @property
     def reason(self) -> Reason:
@@ -46,7 +47,12 @@ class WeightsState(Enum):
     @property
     def wants_fetch_job(self) -> bool:
         """A fetch Job should exist (a failed one stays until its backoff passes)."""
-        return self in (WeightsState.DOWNLOADING, WeightsState.FETCH_FAILED, WeightsState.VOLUME_REPLACED)
+        return self in (
+            WeightsState.DOWNLOADING,
+            WeightsState.FETCH_FAILED,
+            WeightsState.VOLUME_REPLACED,
+            WeightsState.SNAPSHOT_INCOMPLETE,
+        )
 
     @property
     def waits(self) -> bool:
@@ -62,7 +68,7 @@ class WeightsState(Enum):
     @property
     def ready_reason(self) -> Reason:
         """The Ready condition's reason while the weights are not ready."""
-        if self in (WeightsState.DOWNLOADING, WeightsState.VOLUME_REPLACED):
+        if self in (WeightsState.DOWNLOADING, WeightsState.VOLUME_REPLACED, WeightsState.SNAPSHOT_INCOMPLETE):
             return Reason.DOWNLOADING_WEIGHTS
         return self.reason
 
@@ -173,6 +179,27 @@ def _created_before(job: Manifest, claim: Manifest | None) -> bool:
     return bool(made and bound and made < bound)
 
 
+WEIGHTS_CHECK_CONTAINER = "weights-check"  # the engine pods' init container (templates/engine-pod.yaml.j2)
+
+
+def weights_check_failure(pods: list[Manifest], since: str) -> str:
+    """What a serving pod's weights-check init container said when it found the snapshot incomplete, if it exited
+    so after `since` (the recorded completion): an earlier failure was already answered by that download."""
+    after = parse_rfc3339(since) if since else 0.0
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if c.get("name") != WEIGHTS_CHECK_CONTAINER:
+                continue
+            for state in (c.get("state") or {}, c.get("lastState") or {}):
+                done = state.get("terminated") or {}
+                finished = parse_rfc3339(str(done.get("finishedAt") or ""))
+                if done.get("exitCode") not in (None, 0) and finished and finished > after:
+                    name = (pod.get("metadata") or {}).get("name", "?")
+                    text = str(done.get("message") or "").strip().splitlines()
+                    return f"pod {name}: {text[-1] if text else 'exit ' + str(done.get('exitCode'))}"
+    return ""
+
+
 def weights(
     status: KimiDeploymentStatus,
     job: Manifest | None,
@@ -206,6 +233,14 @@ def weights(
         return Weights(WeightsState.VOLUME_NOT_BOUND, observed.volume_problem, "Pending")
     same_name = old is not None and old.completed_key == key and old.claim_name == claim
     if same_name and uid is not None and old is not None and old.claim_uid in (None, uid):
+        failure = weights_check_failure(observed.pods, old.completed_at or "")
+        if failure:
+            return Weights(
+                WeightsState.SNAPSHOT_INCOMPLETE,
+                f"a serving pod found {key} incomplete on volume {claim} ({failure}): the fetch Job checks the "
+                "volume and downloads what is missing",
+                "Downloading",
+            )
         was = observed.kd.condition("WeightsReady")
         if was is not None and was.reason == WeightsState.REUSED.reason:
             return Weights(
