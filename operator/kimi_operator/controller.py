@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import urllib3
@@ -155,15 +155,18 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
     repo, revision = spec.model.repo, spec.model.revision
     commit, error = None, ""
     pinned = reconcile.pinned_commit(kd.status, revision)
-    revision_missing = False
+    revision_missing = pending = False
+    waiter = (namespace, name)  # reconciled again as soon as a background answer arrives
     if not pinned:
-        commit, error = resolver.resolve(repo, revision)
+        commit, error = resolver.resolve(repo, revision, waiter=waiter)
         revision_missing = commit is None and resolver.missing(repo, revision)
+        pending = commit is None and resolver.pending(repo, revision)
     draft = spec.engine.speculative.draft_repo if spec.engine.speculative is not None else None
     draft_commit = None
     if draft and not reconcile.pinned_draft_commit(kd.status, draft):
-        draft_commit, draft_error = resolver.resolve(draft, "main")
+        draft_commit, draft_error = resolver.resolve(draft, "main", waiter=waiter)
         error = error or draft_error
+        pending = pending or (draft_commit is None and resolver.pending(draft, "main"))
     names = render.names(name, spec)
     claim = names.pvc
     pvc, volume_problem = _claim(kube, namespace, spec, claim, children, volume_grace)
@@ -179,6 +182,7 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
         draft_commit=draft_commit,
         resolve_error=error,
         revision_missing=revision_missing,
+        resolve_pending=pending,
         completed_on_claim=completed,
         volume_problem=volume_problem,
         claim=pvc,
@@ -316,7 +320,8 @@ class WorkQueue:
     def __init__(self, kube: Kube, config: OperatorConfig) -> None:
         self.kube = kube
         self.config = config
-        self.resolver = Resolver(config.hf_endpoint or None)
+        self.resolver = Resolver(config.hf_endpoint or None, background=True, notify=self._resolved)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue[Key] = asyncio.Queue()
         self.queued: set[Key] = set()
         self.active: set[Key] = set()
@@ -345,6 +350,15 @@ class WorkQueue:
     def enqueue_all(self, keys: Iterable[Key]) -> None:
         for key in list(keys):
             self.enqueue(key)
+
+    def _resolved(self, revision: tuple[str, str], waiters: set[Hashable]) -> None:
+        """The Hub answered for repo@revision (on a resolver thread): the KimiDeployments that asked go again."""
+        log.debug("the Hub answered for %s@%s; reconciling %d KimiDeployment(s)", *revision, len(waiters))
+        if self.loop is not None and waiters:
+            self.loop.call_soon_threadsafe(self._enqueue_known, list(waiters))
+
+    def _enqueue_known(self, waiters: list[Hashable]) -> None:
+        self.enqueue_all(w for w in waiters if isinstance(w, tuple) and w in self.known)  # not one deleted since
 
     async def _later(self, key: Key, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -397,6 +411,7 @@ class WorkQueue:
             self.enqueue_all(self.known)
 
     def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         for _ in range(self.config.workers):
             self.tasks.append(asyncio.create_task(self._worker()))
         self.tasks.append(asyncio.create_task(self._resync()))
@@ -405,3 +420,4 @@ class WorkQueue:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.resolver.close()

@@ -31,6 +31,7 @@ class Reason(StrEnum):
     FETCH_FAILED = "FetchFailed"
     REVISION_UNRESOLVED = "RevisionUnresolved"
     REVISION_NOT_FOUND = "RevisionNotFound"  # the Hub has the repo but not the spec's revision: nothing downloads
+    RESOLVING = "Resolving"  # asking the Hub which commit spec.model.revision is (a second or two, in the background)
     VOLUME_REPLACED = "VolumeReplaced"  # the claim has another UID than the completed download: downloaded again
     VOLUME_TERMINATING = "VolumeTerminating"  # the weights PVC is being deleted (pods still mount it)
     SNAPSHOT_INCOMPLETE = "SnapshotIncomplete"  # a serving pod's weights-check init container refused the snapshot

@@ -18,7 +18,7 @@ import copy
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -406,9 +406,11 @@ class FakeHub(Resolver):
             return None, f"the Hub has no revision {revision!r} in {repo}", True
         return None, f"cannot resolve {repo}@{revision} through the Hub: hub unreachable", False
 
-    def resolve(self, repo: str, revision: str, token: str | None = None) -> tuple[str | None, str]:
+    def resolve(
+        self, repo: str, revision: str, token: str | None = None, *, waiter: Hashable | None = None
+    ) -> tuple[str | None, str]:
         self._cache.clear()  # tests change what the Hub answers between reconciles; missing() reads the last ask
-        return super().resolve(repo, revision, token)
+        return super().resolve(repo, revision, token, waiter=waiter)
 
 
 class Children(MutableMapping[tuple[str, str], Manifest]):

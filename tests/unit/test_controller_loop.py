@@ -292,3 +292,49 @@ def test_a_failing_reconcile_is_retried_with_exponential_backoff(monkeypatch: py
     assert slept == [2.0, 4.0, 8.0, 16.0, 10.0], "2^n seconds per failure in a row, then the requested requeue"
     assert queue.failures == {}, "a success resets the backoff"
     assert time.monotonic() - calls[0] < 5, "no real waiting"
+
+
+class HangingHub(Resolver):
+    """The Hub in the background mode, hanging until the test lets it answer (the fault run: a Hub that hung held
+    a worker for 10 s per call and delayed unrelated edits from 3 s to 23 s)."""
+
+    def __init__(self, notify: Callable[..., None]) -> None:
+        super().__init__(None, background=True, notify=notify)
+        self.answer = threading.Event()
+        self.asks: list[str] = []
+
+    def _ask(self, repo: str, revision: str, token: str | None) -> tuple[str | None, str, bool]:  # noqa: ARG002
+        self.asks.append(f"{repo}@{revision}")
+        assert self.answer.wait(10)
+        return COMMIT, "", False
+
+
+def test_a_hanging_hub_holds_up_no_other_kimideployment_and_its_answer_queues_the_one_that_asked() -> None:
+    kube = FakeKube()
+    kube.put(kimideployment("slow", {}))  # revision main: the Hub must say which commit
+    kube.put(kimideployment("fast", {"model": {"revision": "f" * 40}}))  # a commit: no Hub call
+
+    def job(name: str) -> dict[str, Any] | None:
+        return kube.objects.get(("Job", "ns", f"{name}-fetch"))
+
+    def reason(name: str) -> str:
+        conds = (kube.obj("KimiDeployment", name).get("status") or {}).get("conditions") or []
+        return next((str(c["reason"]) for c in conds if c["type"] == "WeightsReady"), "")
+
+    async def body() -> None:
+        queue = controller.WorkQueue(kube, OperatorConfig(operator_image="op:test", workers=1))
+        hub = queue.resolver = HangingHub(queue._resolved)
+        queue.start()
+        queue.enqueue(("ns", "slow"))
+        queue.enqueue(("ns", "fast"))  # one worker: it runs after slow's reconcile
+        await _until(lambda: job("fast") is not None and reason("slow") == "Resolving")
+        assert job("slow") is None, "no Job before the commit is known"
+        assert hub.asks == ["moonshotai/Kimi-K2.5@main"]
+        hub.answer.set()
+        await _until(lambda: job("slow") is not None)  # nothing else enqueued it: the answer did
+        command = job("slow")["spec"]["template"]["spec"]["containers"][0]["command"]  # type: ignore[index]
+        assert command[command.index("--revision") + 1] == COMMIT
+        assert hub.asks == ["moonshotai/Kimi-K2.5@main"], "asked once"
+        await queue.stop()
+
+    _run(body)

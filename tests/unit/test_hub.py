@@ -103,3 +103,77 @@ def test_an_answer_without_a_commit_is_an_error(hub: Hub) -> None:
 def test_an_unreachable_hub_is_an_error_not_an_exception() -> None:
     commit, error = Resolver("http://127.0.0.1:9").resolve(REPO, "main")  # the discard port: nothing listens
     assert commit is None and error.startswith(f"cannot resolve {REPO}@main through the Hub: ")
+
+
+# ------------------------------------------------------------------------------ background mode (the work queue's)
+class Gate(Resolver):
+    """A Resolver whose Hub answers only when the test opens the gate; counts the asks."""
+
+    def __init__(self, answers: dict[str, tuple[str | None, str, bool]], **kwargs: Any) -> None:
+        super().__init__(None, **kwargs)
+        self.answers = answers
+        self.open = threading.Event()
+        self.asks: list[str] = []
+
+    def _ask(self, repo: str, revision: str, token: str | None) -> tuple[str | None, str, bool]:  # noqa: ARG002
+        self.asks.append(revision)
+        assert self.open.wait(10), "the test never opened the gate"
+        return self.answers[revision]
+
+
+def test_in_the_background_the_caller_never_waits_and_one_ask_serves_every_caller() -> None:
+    notified: list[tuple[tuple[str, str], set[Any]]] = []
+    done = threading.Event()
+
+    def notify(key: tuple[str, str], waiters: set[Any]) -> None:
+        notified.append((key, waiters))
+        done.set()
+
+    r = Gate({"main": (COMMIT, "", False)}, background=True, notify=notify)
+    assert r.resolve(REPO, "main", waiter=("ns", "a")) == (None, "")  # the Hub hangs: no wait
+    assert r.pending(REPO, "main")
+    assert r.resolve(REPO, "main", waiter=("ns", "b")) == (None, "")
+    r.open.set()
+    assert done.wait(10)
+    assert r.asks == ["main"], "single-flight: one ask for both"
+    assert notified == [((REPO, "main"), {("ns", "a"), ("ns", "b")})], "both waiters are told"
+    assert r.resolve(REPO, "main") == (COMMIT, "") and not r.pending(REPO, "main")
+    r.close()
+
+
+def test_a_failed_answer_is_kept_briefly_and_longer_after_each_failure() -> None:
+    now = [1000.0]
+    r = Gate({"main": (None, "cannot resolve: hub unreachable", False)}, clock=lambda: now[0])
+    r.open.set()
+    assert r.resolve(REPO, "main")[0] is None and r.asks == ["main"]
+    now[0] += 4.9
+    r.resolve(REPO, "main")
+    assert r.asks == ["main"], "within 5 s of a failure the Hub is not asked again"
+    now[0] += 0.2
+    r.resolve(REPO, "main")
+    assert r.asks == ["main"] * 2, "after 5 s it is"
+    now[0] += 9.9
+    r.resolve(REPO, "main")
+    assert len(r.asks) == 2, "a second failure in a row is kept 10 s"
+    now[0] += 0.2
+    r.answers["main"] = (COMMIT, "", False)  # the Hub is back
+    assert r.resolve(REPO, "main") == (COMMIT, "")
+    now[0] += 299
+    assert r.resolve(REPO, "main") == (COMMIT, "") and len(r.asks) == 3, "a commit is kept 5 minutes"
+
+
+def test_in_the_background_an_expired_answer_is_served_while_it_is_asked_again() -> None:
+    now = [0.0]
+    done = threading.Event()
+    r = Gate({"main": (COMMIT, "", False)}, background=True, notify=lambda *_: done.set(), clock=lambda: now[0])
+    r.open.set()
+    r.resolve(REPO, "main")
+    assert done.wait(10)
+    done.clear()
+    now[0] += 301
+    r.answers["main"] = ("e" * 40, "", False)  # the branch moved
+    assert r.resolve(REPO, "main") == (COMMIT, ""), "the old answer, not nothing, while the new one is asked"
+    assert not r.pending(REPO, "main")
+    assert done.wait(10)
+    assert r.resolve(REPO, "main") == ("e" * 40, "")
+    r.close()

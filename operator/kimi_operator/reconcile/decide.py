@@ -59,6 +59,9 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     key = render.weights_key(p)
     job = observed.children.get(("Job", names.job))
     w = weights(kd.status, job, key, job_key, names.pvc, observed, rec, now)
+    if commit is None and observed.resolve_pending and job is None and w.state.wants_fetch_job:
+        # The Job's command names the commit: it waits for the Hub's answer (the answer queues this again).
+        w = Weights(WeightsState.RESOLVING, f"asking the Hub which commit {job_key} is", "Resolving")
     if commit is None and observed.revision_missing:
         w = Weights(
             WeightsState.REVISION_NOT_FOUND,
@@ -75,6 +78,8 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     draft_commit = (pinned_draft_commit(kd.status, draft) or observed.draft_commit) if draft else None
     if draft_commit:
         p = render.pin(p, spec, config, draft_commit=draft_commit)
+    elif draft and w.ready and observed.resolve_pending:
+        w = Weights(WeightsState.RESOLVING, f"asking the Hub which commit {draft}@main is", "Resolving")
     elif draft and w.ready:
         w = Weights(
             WeightsState.REVISION_UNRESOLVED,
@@ -110,7 +115,8 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
             return True  # keep serving the previous snapshot while a new revision downloads
         if k[0] == "Job" and w.ready and completed_key != key:
             return True  # delete the finished Job only once its completion is recorded in status
-        return k[0] == "Job" and w.state.waits
+        # a Job that exists while the Hub is asked (the draft's commit) is left for the answer
+        return k[0] == "Job" and (w.state.waits or w.state is WeightsState.RESOLVING)
 
     actions = diff.writes(desired, observed.children, job_key=job_key, retry_job=w.retry_job, keep=keep)
     if not w.ready:

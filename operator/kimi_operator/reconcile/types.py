@@ -51,6 +51,7 @@ class Observed:
     draft_commit: str | None = None  # the Hub's answer for the draft model's main branch, when there is one
     resolve_error: str = ""
     revision_missing: bool = False  # the Hub answered that spec.model.revision does not exist (definitive)
+    resolve_pending: bool = False  # the Hub is being asked (in the background) and there is no answer yet
     completed_on_claim: frozenset[str] = frozenset()  # repo@commit keys other KimiDeployments completed here
     volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
     claim: Manifest | None = None  # the weights PVC as read (None: absent); its UID is the volume's identity

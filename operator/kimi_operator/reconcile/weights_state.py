@@ -34,6 +34,7 @@ class WeightsState(Enum):
     VOLUME_REPLACED = Reason.VOLUME_REPLACED  # the claim is not the volume the snapshot was completed on: again
     VOLUME_TERMINATING = Reason.VOLUME_TERMINATING  # the weights PVC is being deleted: nothing can be trusted on it
     SNAPSHOT_INCOMPLETE = Reason.SNAPSHOT_INCOMPLETE  # a serving pod's weights-check found it incomplete: again
+    RESOLVING = Reason.RESOLVING  # the Hub is being asked which commit the revision is: the Job waits for the answer
 
     @property
     def reason(self) -> Reason:
@@ -68,7 +69,12 @@ class WeightsState(Enum):
     @property
     def ready_reason(self) -> Reason:
         """The Ready condition's reason while the weights are not ready."""
-        if self in (WeightsState.DOWNLOADING, WeightsState.VOLUME_REPLACED, WeightsState.SNAPSHOT_INCOMPLETE):
+        if self in (
+            WeightsState.DOWNLOADING,
+            WeightsState.VOLUME_REPLACED,
+            WeightsState.SNAPSHOT_INCOMPLETE,
+            WeightsState.RESOLVING,
+        ):
             return Reason.DOWNLOADING_WEIGHTS
         return self.reason
 
