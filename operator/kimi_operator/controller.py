@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-import urllib3
-
 from kimi_operator import catalog, metrics, quantity, reconcile, render
 from kimi_operator import kube as kube_mod
 from kimi_operator.api import resource
@@ -128,7 +126,7 @@ def _fetch_log_tails(kube: Kube, namespace: str, name: str, fetch_pods: list[Man
         tail = kube.pod_log_tail(
             namespace, pod_name, FETCH_CONTAINER, lines=FETCH_LOG_LINES, limit_bytes=FETCH_LOG_BYTES
         )
-    except (KubeError, urllib3.exceptions.HTTPError) as err:
+    except KubeError as err:
         log.debug("%s/%s: no log from fetch pod %s: %s", namespace, name, pod_name, err)
         tail = ""
     _fetch_logs[key] = (now, uid, tail)
@@ -229,6 +227,7 @@ def _fetch_create_error(kube: Kube, namespace: str, job: Manifest | None, fetch_
 
 
 WRITE_RETRY_SECONDS = 10.0
+RETRY_MAX_SECONDS = 30.0  # the longest wait between retries of a failing reconcile (the API server down)
 # Writes the API server refused, per KimiDeployment: (generation, messages). An edit (new generation) starts fresh.
 _write_failures: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {}
 _write_backoff: dict[tuple[str, str], int] = {}
@@ -327,7 +326,9 @@ class WorkQueue:
         self.active: set[Key] = set()
         self.dirty: set[Key] = set()
         self.known: set[Key] = set()
-        self.failures: dict[Key, int] = {}
+        self.failures: dict[Key, int] = {}  # failed reconciles in a row, per key (any trigger)
+        self.retries: dict[Key, int] = {}  # retry timers set in the current run of failures: the backoff exponent
+        self.retrying: set[Key] = set()  # a retry timer is set: a failure meanwhile (an event) sets no other
         self.tasks: list[asyncio.Task[None]] = []
 
     def enqueue(self, key: Key) -> None:
@@ -345,6 +346,7 @@ class WorkQueue:
         _fetch_logs.pop(key, None)
         metrics.forget_weights(*key)
         self.failures.pop(key, None)
+        self.retries.pop(key, None)
         metrics.MANAGED.set(len(self.known))
 
     def enqueue_all(self, keys: Iterable[Key]) -> None:
@@ -360,14 +362,47 @@ class WorkQueue:
     def _enqueue_known(self, waiters: list[Hashable]) -> None:
         self.enqueue_all(w for w in waiters if isinstance(w, tuple) and w in self.known)  # not one deleted since
 
-    async def _later(self, key: Key, delay: float) -> None:
+    async def _later(self, key: Key, delay: float, retry: bool = False) -> None:
         await asyncio.sleep(delay)
+        if retry:
+            self.retrying.discard(key)
         self.enqueue(key)
 
-    def _schedule(self, key: Key, delay: float) -> None:
+    def _schedule(self, key: Key, delay: float, retry: bool = False) -> None:
         """Enqueue `key` again after `delay` seconds (finished timers are dropped from the task list)."""
         self.tasks = [t for t in self.tasks if not t.done()]
-        self.tasks.append(asyncio.create_task(self._later(key, delay)))
+        self.tasks.append(asyncio.create_task(self._later(key, delay, retry)))
+
+    def _failed(self, key: Key, err: Exception) -> None:
+        """One failed reconcile. The first of a run is one line (a traceback only for what is not the API server's
+        answer: a bug); the rest are debug. The backoff (1, 2, 4 ... 30 s) grows only with the retries it set
+        itself: reconciles that events trigger meanwhile and fail too neither set another timer nor double it."""
+        count = self.failures[key] = self.failures.get(key, 0) + 1
+        metrics.RECONCILES.labels(result="error").inc()
+        api = isinstance(err, KubeError)
+        if count == 1:
+            log.log(
+                logging.WARNING if api else logging.ERROR,
+                "reconcile %s/%s failed: %s; retrying with backoff (up to every %.0fs) until it succeeds",
+                *key,
+                err,
+                RETRY_MAX_SECONDS,
+                exc_info=not api,
+            )
+        else:
+            log.debug("reconcile %s/%s failed again (%d in a row): %s", *key, count, err)
+        if key in self.retrying:
+            return
+        attempt = self.retries[key] = self.retries.get(key, 0) + 1
+        self.retrying.add(key)
+        self._schedule(key, min(2.0 ** (attempt - 1), RETRY_MAX_SECONDS), retry=True)
+
+    def _succeeded(self, key: Key) -> None:
+        count = self.failures.pop(key, 0)
+        self.retries.pop(key, None)
+        if count:
+            log.info("reconcile %s/%s succeeded again after %d failed attempt(s)", *key, count)
+        metrics.RECONCILES.labels(result="ok").inc()
 
     async def _worker(self) -> None:
         while True:
@@ -379,25 +414,11 @@ class WorkQueue:
                 result = await asyncio.to_thread(reconcile_one, self.kube, self.config, *key, self.resolver)
                 if result is not None and result.requeue_after:
                     self._schedule(key, result.requeue_after)
+                self._succeeded(key)
                 if result is None:
                     self.forget(key)
-                self.failures.pop(key, None)
-                metrics.RECONCILES.labels(result="ok").inc()
             except Exception as err:
-                count = self.failures.get(key, 0) + 1
-                self.failures[key] = count
-                delay = min(2.0**count, 300.0)
-                metrics.RECONCILES.labels(result="error").inc()
-                level = logging.WARNING if isinstance(err, KubeError) else logging.ERROR
-                log.log(
-                    level,
-                    "reconcile %s/%s failed (retry in %.0fs): %s",
-                    *key,
-                    delay,
-                    err,
-                    exc_info=level == logging.ERROR,
-                )
-                self._schedule(key, delay)
+                self._failed(key, err)
             finally:
                 self.active.discard(key)
                 self.queue.task_done()

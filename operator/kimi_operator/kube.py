@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from kimi_operator import metrics
@@ -126,6 +127,17 @@ class Unavailable(KubeError):
     """429 and 5xx: throttled, overloaded, timed out or failing server-side (webhooks too): retry later."""
 
 
+class Unreachable(Unavailable):
+    """No answer at all: connection refused or reset, a timeout, TLS failing (status 0). Retry later."""
+
+    def __init__(self, err: Exception) -> None:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        super().__init__(0, type(err).__name__, first)
+
+    def __str__(self) -> str:
+        return f"the API server could not be reached: {self.reason}: {self.server_message}"
+
+
 _BY_STATUS: dict[int, type[KubeError]] = {
     400: BadRequest,
     401: Unauthorized,
@@ -197,9 +209,11 @@ class Kube:
         )
         try:
             resp = self.api.call_api(*serialized, _request_timeout=timeout)
+            data = resp.read()  # type: ignore[no-untyped-call]
         except ApiException as err:  # raised by the client itself (SSL, Retry-After retries spent): typed too
             raise from_api_exception(err) from err
-        data = resp.read()  # type: ignore[no-untyped-call]
+        except (urllib3.exceptions.HTTPError, OSError) as err:  # the transport: typed here, never a traceback
+            raise Unreachable(err) from err
         ok = 200 <= resp.status < 300
         if write:
             metrics.API_WRITES.labels(verb=method, outcome="ok" if ok else str(resp.status)).inc()

@@ -4,6 +4,7 @@ write loop, what a refused write becomes, and the queue's de-duplication, exclus
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from kimi_operator import controller, reconcile
+from kimi_operator import kube as kube_mod
 from kimi_operator.config import OperatorConfig
 from kimi_operator.hub import Resolver
 from kimi_operator.kube import Kube, Unavailable
@@ -289,9 +291,67 @@ def test_a_failing_reconcile_is_retried_with_exponential_backoff(monkeypatch: py
         await queue.stop()
 
     _run(test)
-    assert slept == [2.0, 4.0, 8.0, 16.0, 10.0], "2^n seconds per failure in a row, then the requested requeue"
-    assert queue.failures == {}, "a success resets the backoff"
+    assert slept == [1.0, 2.0, 4.0, 8.0, 10.0], "1, 2, 4, 8 s after failures in a row, then the requested requeue"
+    assert queue.failures == {} and queue.retries == {}, "a success resets the backoff"
     assert time.monotonic() - calls[0] < 5, "no real waiting"
+
+
+def test_an_outage_is_one_warning_per_kimideployment_and_events_meanwhile_do_not_compound_the_backoff(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fault run: 453 tracebacks in 95 s for 22 KDs, and every event-triggered failure doubled the delay and
+    added a timer ("retry in 128s" 20 s into the outage). Now: one line per KimiDeployment per outage, one timer,
+    and the exponent grows only with the retries themselves."""
+    key = ("ns", "kd")
+    outage = True
+    calls = 0
+    fired = asyncio.Event()
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def timer(delay: float, result: Any = None) -> Any:
+        if delay >= OperatorConfig().resync_seconds:
+            return await real_sleep(3600)
+        delays.append(delay)
+        await fired.wait()  # a retry timer fires only when the test says so
+        fired.clear()
+        return result
+
+    def fake(kube: Kube, config: OperatorConfig, ns: str, name: str, resolver: Resolver) -> reconcile.Actions | None:
+        nonlocal calls
+        calls += 1
+        if outage:
+            raise kube_mod.Unreachable(ConnectionRefusedError(111, "Connection refused"))
+        return reconcile.Actions()
+
+    queue = _queue(monkeypatch, fake, workers=1)
+    monkeypatch.setattr(asyncio, "sleep", timer)
+
+    async def test() -> None:
+        nonlocal outage
+        queue.start()
+        queue.enqueue(key)
+        await _until(lambda: calls == 1 and not queue.active, sleep=real_sleep)
+        for n in range(2, 12):  # events during the outage (pods, the resync): each reconcile fails again
+            queue.enqueue(key)
+            await _until(lambda n=n: calls == n and not queue.active, sleep=real_sleep)  # type: ignore[misc]
+        assert delays == [1.0], f"one timer, not one per failure: {delays}"
+        fired.set()  # the retry fires and fails: the next wait doubles
+        await _until(lambda: calls == 12 and len(delays) == 2 and not queue.active, sleep=real_sleep)
+        assert delays == [1.0, 2.0]
+        outage = False
+        fired.set()
+        await _until(lambda: calls == 13 and not queue.active, sleep=real_sleep)
+        await queue.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="kimi_operator.controller"):
+        _run(test)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert not warnings[0].exc_info, "no traceback for an unreachable API server"
+    assert "the API server could not be reached" in warnings[0].getMessage()
+    assert any("succeeded again after 12 failed attempt(s)" in r.getMessage() for r in caplog.records)
+    assert queue.failures == {} and queue.retries == {} and not queue.retrying
 
 
 class HangingHub(Resolver):

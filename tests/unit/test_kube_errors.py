@@ -145,3 +145,16 @@ def test_a_refused_event_never_fails_the_caller_and_transport_errors_are_typed()
         _kube({("GET", DEP): ApiException(status=503, reason="Service Unavailable")}).get(
             kube.CHILD_TYPES["Deployment"], "ns", "kd"
         )
+
+
+def test_an_api_server_that_does_not_answer_is_unreachable_a_retryable_error_not_a_transport_traceback() -> None:
+    config = kubernetes.client.Configuration()
+    config.host = "http://127.0.0.1:9"  # the discard port: nothing listens
+    config.retries = 0
+    k = kube.Kube(kubernetes.client.ApiClient(config))
+    with pytest.raises(kube.Unreachable) as caught:
+        k.get_kd("ns", "kd")
+    err = caught.value
+    assert isinstance(err, Unavailable) and not err.refused and err.status == 0
+    assert str(err).startswith("the API server could not be reached: "), str(err)
+    assert "Traceback" not in str(err) and "\n" not in str(err)

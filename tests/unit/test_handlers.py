@@ -1,0 +1,71 @@
+"""handlers.py's settings for kopf's own API client: watches resume within 2 s of the API server's return, for as
+long as an outage lasts, and only the first failed attempt of each request is an ERROR line."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+import pytest
+from kopf._cogs.clients import api as kopf_api
+
+from kimi_operator.handlers import KOPF_CLIENT_LOGGERS, FirstRetryOnly, WatchBackoffs
+
+
+def test_backoffs_never_run_out_and_stay_at_two_seconds() -> None:
+    b = WatchBackoffs()
+    assert list(itertools.islice(b, 6)) == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0]
+    assert list(itertools.islice(b, 3)) == [0.5, 1.0, 2.0], "a fresh iterator per request"
+    assert max(itertools.islice(b, 10_000)) == 2.0
+
+
+def test_kopf_retries_a_request_with_them_and_logs_only_the_first_failure_as_an_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kopf's own request() against a server that refuses 5 connections, then answers: it keeps retrying with our
+    backoffs (its default gives up after 8), and our filter leaves one ERROR line."""
+    slept: list[float] = []
+    attempts = 0
+
+    class Response:
+        status = 200
+
+    class Session:
+        closed = False
+
+        async def request(self, **_: Any) -> Response:
+            nonlocal attempts
+            attempts += 1
+            if attempts <= 5:
+                raise aiohttp.ClientConnectionError("Connection refused")
+            return Response()
+
+    class Context:
+        server = "https://127.0.0.1:6443"
+        session = Session()
+
+    async def no_sleep(delay: float) -> None:
+        slept.append(delay)
+
+    async def ok(_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(kopf_api.asyncio, "sleep", no_sleep)
+    monkeypatch.setattr(kopf_api.errors, "check_response", ok)
+    settings = kopf.OperatorSettings()
+    settings.networking.error_backoffs = WatchBackoffs()
+    logger = logging.getLogger(KOPF_CLIENT_LOGGERS[1])
+    logger.addFilter(FirstRetryOnly())
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            request = kopf_api.request.__wrapped__  # the undecorated coroutine: the test gives the context
+            asyncio.run(request("get", "/api/v1/pods", settings=settings, logger=logger, context=Context()))
+    finally:
+        logger.filters.clear()
+    assert attempts == 6 and slept == [0.5, 1.0, 2.0, 2.0, 2.0]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("Request attempt #1 failed; will retry"), errors
