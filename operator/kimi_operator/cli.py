@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -154,27 +153,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def peering_priority(value: str) -> int:
-    """kopf peering priority. 'auto': minus the start time in microseconds, so the oldest running instance outranks
-    the others (a new pod - a restart, a rollout - stands by until the working one exits) and two pods never share
-    a priority (kopf pauses every instance of a shared one). A developer's `--priority 0` outranks them all."""
-    if value == "auto":
-        return -(time.time_ns() // 1000)
-    return int(value)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     import kopf
 
     from kimi_operator import handlers  # noqa: F401 - registers the handlers
 
+    if args.leader_election_lease:  # read with the rest of the settings (config.OperatorConfig.from_env)
+        os.environ["KIMI_LEADER_ELECTION_LEASE"] = args.leader_election_lease
+    if args.leader_election_namespace:
+        os.environ["KIMI_LEADER_ELECTION_NAMESPACE"] = args.leader_election_namespace
     kopf.configure(verbose=args.verbose)
+    # standalone: kopf's peering stays off; one replica works through our Lease (leader.py), the others stand by
+    # with their watches open and write nothing
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
-        standalone=not args.peering,
-        peering_name=args.peering or None,
-        priority=peering_priority(args.priority) if args.peering else None,
+        standalone=True,
         liveness_endpoint=args.liveness,
     )
     return 0
@@ -246,11 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(func=cmd_render)
     run = sub.add_parser("run", help="run the operator (kopf) against the current cluster")
     run.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
-    run.add_argument("--peering", default="", help="kopf peering name for HA (needs the KopfPeering CRDs)")
     run.add_argument(
-        "--priority",
-        default="auto",
-        help="kopf peering priority: an integer, or auto (default: the oldest instance works, the others stand by)",
+        "--leader-election-lease",
+        default="",
+        help="run several replicas: the one that holds this coordination.k8s.io Lease works, the others stand by "
+        "(failover within 17 s; at once on a graceful exit)",
+    )
+    run.add_argument(
+        "--leader-election-namespace", default="", help="the Lease's namespace (default: $POD_NAMESPACE or default)"
     )
     run.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint")
     run.add_argument("-v", "--verbose", action="store_true")

@@ -21,7 +21,7 @@ from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.api.resource import KimiDeployment
 from kimi_operator.config import OperatorConfig
 from kimi_operator.hub import Resolver
-from kimi_operator.kube import Conflict, Forbidden, Kube, KubeError, NotFound
+from kimi_operator.kube import Conflict, Forbidden, Kube, KubeError, NotFound, NotLeader
 from kimi_operator.timeutil import now_rfc3339, parse_rfc3339
 
 Manifest = dict[str, Any]
@@ -321,6 +321,8 @@ class WorkQueue:
         self.config = config
         self.resolver = Resolver(config.hf_endpoint or None, background=True, notify=self._resolved)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.leading = asyncio.Event()  # workers take keys only while set (always, without leader election)
+        self.leading.set()
         self.queue: asyncio.Queue[Key] = asyncio.Queue()
         self.queued: set[Key] = set()
         self.active: set[Key] = set()
@@ -404,9 +406,24 @@ class WorkQueue:
             log.info("reconcile %s/%s succeeded again after %d failed attempt(s)", *key, count)
         metrics.RECONCILES.labels(result="ok").inc()
 
+    def lead(self, leading: bool) -> None:
+        """Leader election says this replica works (or no longer does); callable from any thread. Keys keep being
+        queued while standing by (events, resync), and every known one is reconciled once it leads."""
+        if self.loop is None:
+            return
+        self.loop.call_soon_threadsafe(self._lead, leading)
+
+    def _lead(self, leading: bool) -> None:
+        if leading:
+            self.leading.set()
+            self.enqueue_all(self.known)
+        else:
+            self.leading.clear()
+
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
+            await self.leading.wait()  # standing by: the key waits (still queued) for this replica's next term
             self.queued.discard(key)
             self.active.add(key)
             metrics.QUEUE_DEPTH.set(self.queue.qsize())
@@ -417,6 +434,8 @@ class WorkQueue:
                 self._succeeded(key)
                 if result is None:
                     self.forget(key)
+            except NotLeader:
+                log.debug("%s/%s: not the leader any more; the key waits for the next term", *key)
             except Exception as err:
                 self._failed(key, err)
             finally:

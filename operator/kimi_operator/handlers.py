@@ -8,6 +8,7 @@ handlers in a thread pool), and they do no I/O.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -23,6 +24,7 @@ from kimi_operator.autoscaler.runner import Autoscalers
 from kimi_operator.config import OperatorConfig
 from kimi_operator.controller import WorkQueue
 from kimi_operator.kube import Kube, load_client
+from kimi_operator.leader import Elector
 
 MANAGED = {render.MANAGED_BY_LABEL: render.MANAGED_BY}
 
@@ -67,16 +69,37 @@ async def startup(
         logging.getLogger(name).addFilter(FirstRetryOnly())
     if config.metrics_port:
         start_http_server(config.metrics_port)
-    kube = Kube(load_client())
+    api = load_client()
+    elector: Elector | None = None
+    if config.leader_election_lease:
+        elector = Elector(Kube(api), config.leader_election_namespace, config.leader_election_lease, config.identity)
+    kube = Kube(api, may_write=elector.leading if elector is not None else None)
     queue = WorkQueue(kube, config)
+    if elector is not None:
+        queue.leading.clear()  # stand by until the Lease is ours
     queue.start()
     memo["queue"] = queue
-    memo["autoscalers"] = Autoscalers(kube)
-    logger.info("kimi-operator started: %s workers, resync every %ss", config.workers, config.resync_seconds)
+    memo["autoscalers"] = Autoscalers(kube, elector.leading if elector is not None else lambda: True)
+    if elector is not None:
+        elector.on_started, elector.on_stopped = (lambda: queue.lead(True)), (lambda: queue.lead(False))
+        memo["elector"] = asyncio.create_task(elector.run())
+    logger.info(
+        "kimi-operator started: %s workers, resync every %ss, %s",
+        config.workers,
+        config.resync_seconds,
+        f"leader election on Lease {config.leader_election_namespace}/{config.leader_election_lease} as "
+        f"{config.identity}"
+        if elector is not None
+        else "no leader election (one replica)",
+    )
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
+    elector: asyncio.Task[None] | None = memo.get("elector")
+    if elector is not None:  # hands the Lease over at once: a standby takes over within 2 s
+        elector.cancel()
+        await asyncio.gather(elector, return_exceptions=True)
     queue: WorkQueue | None = memo.get("queue")
     if queue is not None:
         await queue.stop()

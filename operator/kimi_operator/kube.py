@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,6 +58,7 @@ OPTIONAL_KINDS = frozenset({"LeaderWorkerSet"})  # CRDs a cluster may not have
 PODS = ResourceType("v1", "Pod", "pods")
 EVENTS = ResourceType("v1", "Event", "events")
 NODES = ResourceType("v1", "Node", "nodes")  # cluster-scoped: path("")
+LEASES = ResourceType("coordination.k8s.io/v1", "Lease", "leases")
 
 
 class KubeError(Exception):
@@ -170,9 +172,16 @@ def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
+class NotLeader(Exception):
+    """A write refused before it left this process: another operator replica holds the leader Lease (or this one
+    could not renew it in time). Not an API error: the work is done by the leader."""
+
+
 class Kube:
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+    def __init__(self, api: kubernetes.client.ApiClient, may_write: Callable[[], bool] | None = None) -> None:
+        """`may_write`: asked before every write (leader.Elector.leading); None: this process always may."""
         self.api = api
+        self.may_write = may_write
 
     # ---------------------------------------------------------------------------------------------- transport
     def _call(
@@ -183,8 +192,9 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        guarded: bool = True,
     ) -> Any:
-        text = self._request(method, path, body=body, query=query, content_type=content_type)
+        text = self._request(method, path, body=body, query=query, content_type=content_type, guarded=guarded)
         return json.loads(text) if text else None
 
     def _request(
@@ -197,8 +207,11 @@ class Kube:
         content_type: str = "application/json",
         accept: str = "application/json",
         timeout: float = 30,
+        guarded: bool = True,
     ) -> str:
         write = method != "GET"
+        if write and guarded and self.may_write is not None and not self.may_write():
+            raise NotLeader(f"{method} {path}: not the leader")
         serialized = self.api.param_serialize(
             method,
             path,
@@ -215,12 +228,40 @@ class Kube:
         except (urllib3.exceptions.HTTPError, OSError) as err:  # the transport: typed here, never a traceback
             raise Unreachable(err) from err
         ok = 200 <= resp.status < 300
-        if write:
+        if write and guarded:  # the Lease's renewals are not the operator's writes to the objects it manages
             metrics.API_WRITES.labels(verb=method, outcome="ok" if ok else str(resp.status)).inc()
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
         if not ok:
             raise kube_error(resp.status, resp.reason or "", text)
         return text
+
+    # ---------------------------------------------------------------------------------------------- the Lease
+    # (leader.LeaseStore; never guarded: these writes are how leadership is won and kept)
+    def get_lease(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            out: Manifest = self._call("GET", LEASES.path(namespace, name))
+            return out
+        except NotFound:
+            return None
+
+    def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        body = {"apiVersion": LEASES.api_version, "kind": "Lease", "metadata": {"name": name}, "spec": spec}
+        self._call("POST", LEASES.path(namespace), body=body, guarded=False)
+
+    def update_lease(self, lease: Manifest, spec: dict[str, Any]) -> None:
+        """PUT with the resourceVersion it was read at: a Conflict when another candidate wrote it meanwhile."""
+        meta = lease["metadata"]
+        body = {
+            "apiVersion": LEASES.api_version,
+            "kind": "Lease",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "resourceVersion": meta["resourceVersion"],
+            },
+            "spec": spec,
+        }
+        self._call("PUT", LEASES.path(meta["namespace"], meta["name"]), body=body, guarded=False)
 
     # ---------------------------------------------------------------------------------------------- reads
     def get(self, rtype: ResourceType, namespace: str, name: str) -> Manifest | None:

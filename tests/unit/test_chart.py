@@ -114,7 +114,8 @@ def test_kimi_operator_chart_renders_one_of_each_part(helm: Path) -> None:
         "Deployment": 1,
         "Service": 1,
         "PodDisruptionBudget": 1,
-        "ClusterKopfPeering": 1,
+        "Role": 1,  # the leader election Lease, in the release namespace
+        "RoleBinding": 1,
         "Pod": 1,  # the helm test hook
     }
 
@@ -212,16 +213,11 @@ def test_chart_crd_is_the_generated_crd_kept_on_upgrade_and_uninstall(helm: Path
     assert "CustomResourceDefinition" not in off
 
 
-def test_kopf_peering_crds_ship_in_the_crds_directory(helm: Path) -> None:
-    """Helm installs crds/ before the templates (the ClusterKopfPeering object needs its CRD) and never deletes it."""
-    crds = docs((OPERATOR_CHART / "crds" / "kopf-peering.yaml").read_text())
-    assert {(c["spec"]["names"]["kind"], c["spec"]["scope"]) for c in crds} == {
-        ("ClusterKopfPeering", "Cluster"),
-        ("KopfPeering", "Namespaced"),
-    }
-    assert all(c["spec"]["group"] == "kopf.dev" and c["spec"]["versions"][0]["name"] == "v1" for c in crds)
+def test_no_crd_but_the_kimideployment_one_ships(helm: Path) -> None:
+    """Leader election uses a core Lease: no kopf.dev peering CRDs to install (or to leave behind)."""
+    assert not (OPERATOR_CHART / "crds").exists() or not list((OPERATOR_CHART / "crds").iterdir())
     shown = by_kind(template(helm, OPERATOR_CHART, "--include-crds"))
-    assert len(shown["CustomResourceDefinition"]) == 3
+    assert [c["spec"]["names"]["kind"] for c in shown["CustomResourceDefinition"]] == ["KimiDeployment"]
 
 
 # ------------------------------------------------------------------------------------------------ RBAC
@@ -272,16 +268,26 @@ def test_rbac_has_no_wildcards_and_grants_exactly_what_the_operator_uses(helm: P
     assert not any(res in {"secrets", "configmaps"} for _, res, _ in granted)
     # Engine pods' CPU/memory requests are sized from the smallest node with the planned GPUs: read-only, list only.
     assert {(g, v) for g, res, v in granted if res == "nodes"} == {("", "list")}
-    peering = "kopfpeerings" if mode == "namespaced" else "clusterkopfpeerings"
-    assert {v for g, res, v in granted if res == peering} == {"get", "list", "watch", "patch"}
-    named = [r for r in rules if r.get("resourceNames")]
-    assert named and all(set(r["verbs"]) <= {"get", "patch"} for r in named)
+    assert not any(g == "kopf.dev" for g, _, _ in granted), "no kopf peering: leader election is a Lease"
+    # the Lease, in the release namespace only: create (RBAC cannot name an object before it exists), get and
+    # update of that one name
+    (lease_role,) = [r for r in kinds["Role"] if r["metadata"]["name"].endswith("-leader-election")]
+    assert lease_role["metadata"]["namespace"] == "kimi-system"
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["kimi-kimi-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert not {v for g, res, v in granted if res == "leases"} - {"create", "get", "update"}
     if mode == "namespaced":
         (cluster_role,) = kinds["ClusterRole"]
         cluster_resources = {res for r in cluster_role["rules"] for res in r["resources"]}
         assert cluster_resources == {"customresourcedefinitions", "namespaces", "nodes"}
-        assert {r["metadata"]["namespace"] for r in kinds["Role"]} == {"team-a"}
-        assert {p["metadata"]["namespace"] for p in kinds["KopfPeering"]} == {"team-a"}
+        assert {r["metadata"]["namespace"] for r in kinds["Role"]} == {"team-a", "kimi-system"}
 
 
 # ------------------------------------------------------------------------------------------------ the operator pod
@@ -302,11 +308,12 @@ def test_operator_pod_is_hardened_probed_and_configured(helm: Path) -> None:
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "healthz": 8081}
     assert c["command"] == ["kimi-operator"]
     assert c["args"][:2] == ["run", "--liveness=http://0.0.0.0:8081/healthz"]
-    assert "--peering=kimi-kimi-operator" in c["args"] and "--priority=auto" in c["args"]
+    assert "--leader-election-lease=kimi-kimi-operator" in c["args"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["KIMI_OPERATOR_IMAGE"] == c["image"] == "ghcr.io/kimi-operator/kimi-operator:0.1.0"
     assert env["KIMI_METRICS_PORT"] == "8080" and env["KIMI_RESYNC_SECONDS"] == "60" and env["KIMI_WORKERS"] == "4"
-    assert "POD_ID" in env  # kopf's peering identity
+    fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c["env"]}
+    assert fields["POD_NAME"] == "metadata.name" and fields["POD_NAMESPACE"] == "metadata.namespace"
 
 
 def test_namespaces_and_kopf_args_reach_the_command_line(helm: Path) -> None:
@@ -318,17 +325,17 @@ def test_namespaces_and_kopf_args_reach_the_command_line(helm: Path) -> None:
         "--set",
         "operator.kopfArgs={--verbose}",
         "--set",
-        "peering.enabled=false",
+        "leaderElection.enabled=false",
         "--set",
         "replicaCount=1",
     )
     (dep,) = by_kind(text)["Deployment"]
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["run", "--liveness=http://0.0.0.0:8081/healthz", "--namespace=a", "--namespace=b", "--verbose"]
-    assert "ClusterKopfPeering" not in by_kind(text) and "KopfPeering" not in by_kind(text)
+    assert not [r for r in by_kind(text).get("Role", []) if r["metadata"]["name"].endswith("-leader-election")]
 
 
-def test_more_than_one_replica_without_peering_is_refused(helm: Path) -> None:
+def test_more_than_one_replica_without_leader_election_is_refused(helm: Path) -> None:
     out = run_helm(
         helm,
         "template",
@@ -337,10 +344,10 @@ def test_more_than_one_replica_without_peering_is_refused(helm: Path) -> None:
         "--kube-version",
         KUBE_VERSION,
         "--set",
-        "peering.enabled=false",
+        "leaderElection.enabled=false",
         check=False,
     )
-    assert out.returncode != 0 and "replicaCount > 1 needs peering.enabled=true" in out.stderr
+    assert out.returncode != 0 and "replicaCount > 1 needs leaderElection.enabled=true" in out.stderr
 
 
 def test_servicemonitor_only_where_the_cluster_serves_it(helm: Path) -> None:

@@ -398,3 +398,34 @@ def test_a_hanging_hub_holds_up_no_other_kimideployment_and_its_answer_queues_th
         await queue.stop()
 
     _run(body)
+
+
+def test_a_standby_queue_reconciles_nothing_and_everything_it_knows_once_it_leads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def fake(kube: Kube, config: OperatorConfig, ns: str, name: str, resolver: Resolver) -> reconcile.Actions | None:
+        calls.append((ns, name))
+        return reconcile.Actions()
+
+    queue = _queue(monkeypatch, fake)
+
+    async def test() -> None:
+        queue.leading.clear()
+        queue.start()
+        for name in ("a", "b", "c"):
+            queue.enqueue(("ns", name))  # kopf's events keep arriving on a standby
+        await asyncio.sleep(0.05)
+        assert calls == [], "a standby reconciles nothing"
+        queue.lead(True)
+        await _until(lambda: len(calls) == 3 and not queue.active)
+        assert sorted(calls) == [("ns", "a"), ("ns", "b"), ("ns", "c")], "each once"
+        queue.lead(False)
+        await asyncio.sleep(0)
+        queue.enqueue(("ns", "a"))
+        await asyncio.sleep(0.05)
+        assert len(calls) == 3, "standing by again"
+        await queue.stop()
+
+    _run(test)

@@ -158,3 +158,18 @@ def test_an_api_server_that_does_not_answer_is_unreachable_a_retryable_error_not
     assert isinstance(err, Unavailable) and not err.refused and err.status == 0
     assert str(err).startswith("the API server could not be reached: "), str(err)
     assert "Traceback" not in str(err) and "\n" not in str(err)
+
+
+def test_a_standby_replica_writes_nothing_its_writes_stop_before_the_network() -> None:
+    config = kubernetes.client.Configuration()
+    config.host = "http://127.0.0.1:9"  # nothing listens: a write that left the process would be Unreachable
+    config.retries = 0
+    k = kube.Kube(kubernetes.client.ApiClient(config), may_write=lambda: False)
+    with pytest.raises(kube.NotLeader):
+        k.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kd", "namespace": "ns"}})
+    with pytest.raises(kube.NotLeader):
+        k.patch_status("ns", "kd", {"ready": "1/1"}, resource_version="1")
+    with pytest.raises(kube.Unreachable):
+        k.get_kd("ns", "kd")  # reads go on: a standby keeps its view current
+    with pytest.raises(kube.Unreachable):  # the Lease itself is never guarded: it is how a standby takes over
+        k.create_lease("ops", "kimi", {"holderIdentity": "b"})

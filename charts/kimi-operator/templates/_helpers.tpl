@@ -59,15 +59,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* Name of the kopf peering object(s). */}}
-{{- define "kimi-operator.peeringName" -}}
-{{- default (include "kimi-operator.fullname" .) .Values.peering.name }}
+{{/* Name of the leader election Lease. */}}
+{{- define "kimi-operator.leaseName" -}}
+{{- default (include "kimi-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/* Fail early on combinations that cannot work. */}}
 {{- define "kimi-operator.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
-{{- fail "replicaCount > 1 needs peering.enabled=true: without kopf peering every replica would reconcile every KimiDeployment" }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica would reconcile every KimiDeployment" }}
 {{- end }}
 {{- end }}
 

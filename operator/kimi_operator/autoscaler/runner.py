@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kimi_operator import metrics, planner, render
@@ -19,7 +20,7 @@ from kimi_operator.api import resource
 from kimi_operator.api.models import AutoscalerStatus, KimiDeploymentSpec
 from kimi_operator.autoscaler import policy, sources
 from kimi_operator.engine.sglang import HTTP_PORT
-from kimi_operator.kube import Conflict, Kube
+from kimi_operator.kube import Conflict, Kube, NotLeader
 from kimi_operator.reasons import Reason
 from kimi_operator.timeutil import now_rfc3339
 
@@ -79,9 +80,13 @@ def status_patch(
     return {k: v for k, v in new.model_dump(by_alias=True, mode="json").items() if old_wire.get(k) != v}
 
 
+STANDBY_POLL_SECONDS = 2.0  # a standby replica looks this often whether it leads now
+
+
 class Autoscalers:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, leading: Callable[[], bool] = lambda: True) -> None:
         self.kube = kube
+        self.leading = leading  # a standby replica observes nothing and scales nothing
         self.tasks: dict[Key, asyncio.Task[None]] = {}
         self.states: dict[Key, policy.State] = {}
 
@@ -99,8 +104,13 @@ class Autoscalers:
     async def _run(self, key: Key) -> None:
         try:
             while True:
+                if not self.leading():
+                    await asyncio.sleep(STANDBY_POLL_SECONDS)
+                    continue
                 try:
                     interval = await asyncio.to_thread(self.tick, key)
+                except NotLeader:
+                    interval = STANDBY_POLL_SECONDS
                 except Exception as err:
                     log.warning("autoscaler %s/%s: %s", *key, err)
                     interval = 30.0
