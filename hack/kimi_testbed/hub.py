@@ -339,6 +339,9 @@ class HubStandIn:
         self.ignore_ranges = False  # answer 200 with the whole file to Range requests (as some CDNs do)
         self._lock = threading.Lock()
         self._state = _State()
+        self.info_released = threading.Event()  # cleared: model-info requests hang (hang_model_info)
+        self.info_released.set()
+        self.info_requests = 0
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
 
@@ -441,7 +444,16 @@ class HubStandIn:
         with self._lock:
             self._state.failures[filename] = _Fault(status=status, times=times)
 
+    def hang_model_info(self, hang: bool = True) -> None:
+        """Hold every model-info request (what a revision resolves through) until released, as a Hub that hangs;
+        file downloads are not held."""
+        if hang:
+            self.info_released.clear()
+        else:
+            self.info_released.set()
+
     def clear_faults(self) -> None:
+        self.info_released.set()
         with self._lock:
             self._state.drops.clear()
             self._state.corruptions.clear()
@@ -581,6 +593,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._repo = repo
             if kind == "info":
+                self.hub.info_requests += 1
+                self.hub.info_released.wait(120)
                 self._model_info(unquote(m.group(2) or "main"), query.get("blobs", ["false"])[0] == "true", head)
             elif kind == "tree":
                 recursive = query.get("recursive", ["false"])[0].lower() == "true"

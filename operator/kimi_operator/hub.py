@@ -7,6 +7,7 @@ controller from the KimiDeployment's Secret and never logged.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -19,7 +20,7 @@ CACHE_SECONDS = 300.0  # a commit the Hub named
 # A failed or negative answer is kept briefly, longer after each consecutive failure of the same repo@revision: a
 # Hub that comes back is used within seconds, a Hub that stays down is not asked by every reconcile.
 FAILURE_SECONDS = (5.0, 10.0, 20.0, 40.0, 80.0, 120.0)
-ASK_TIMEOUT_SECONDS = 10.0
+ASK_TIMEOUT_SECONDS = float(os.environ.get("KIMI_HUB_TIMEOUT_SECONDS", "10"))  # one model-info call
 WORKERS = 4  # Hub calls in flight at once (one per repo@revision: single-flight)
 
 Key = tuple[str, str]  # (repo, revision)

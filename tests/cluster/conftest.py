@@ -48,7 +48,8 @@ def operator(
     proc = OperatorProcess(
         Path(cluster.kubeconfig),
         tmp_path_factory.mktemp("operator"),
-        extra_env={"HF_ENDPOINT": hub.endpoint, "KIMI_VOLUME_GRACE_SECONDS": "3"},
+        # a Hub call may hang 60 s (not 10): the test that hangs the Hub stand-in sees the wait, not the timeout
+        extra_env={"HF_ENDPOINT": hub.endpoint, "KIMI_VOLUME_GRACE_SECONDS": "3", "KIMI_HUB_TIMEOUT_SECONDS": "60"},
     )
     proc.start()
     yield proc

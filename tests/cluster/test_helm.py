@@ -364,7 +364,7 @@ def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_se
     refused = as_sa.run("get", "secrets", "-A", check=False)
     assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
 
-    op = ChartOperator(release.deployment(), kubeconfig, tmp_path / "operator.log", "chart-operator-0")
+    op = ChartOperator(release.deployment(), kubeconfig, tmp_path / "operator.log", "chart-operator-0", namespace)
     operators.append(op)
     op.start()
 

@@ -13,6 +13,7 @@ import yaml
 
 from kimi_operator import kube
 from kimi_operator.render import RETAIN_ANNOTATION as RETAIN
+from kimi_testbed.hub import HubStandIn
 from kimi_testbed.wait import NotYet, wait_for
 
 from .support import ROOT, Env, container, flag, go_ready, kd, weights_pv
@@ -301,3 +302,29 @@ def test_a_status_patch_worked_out_from_an_older_read_is_refused_by_the_api_serv
         return True
 
     wait_for(patched, timeout=30, what="a status patch with the current resourceVersion to be accepted")
+
+
+def test_a_hanging_hub_delays_no_other_kimideployment_and_its_answer_is_used_at_once(env: Env, hub: HubStandIn) -> None:
+    """Issue 16, defect 3: a Hub that hung held a worker 10 s per call and delayed unrelated edits 3 s -> 23 s. The
+    Hub stand-in holds every model-info request; a KimiDeployment on a branch waits for it (Resolving, no Job), one
+    pinned to a commit goes ahead; released, the branch's answer queues its KimiDeployment at once."""
+    branch = f"hang-{env.ns[-6:]}"  # a revision no earlier test resolved (the resolver caches answers)
+    repo = hub.repos["moonshotai/Kimi-K2.5"]
+    repo.refs[branch] = repo.main_commit
+    for name in ("hung", "pinned"):
+        weights_pv(env.kubectl, env.ns, f"{name}-weights")
+    hub.hang_model_info()
+    try:
+        asked = hub.info_requests
+        env.apply(kd("hung", model={"repo": "moonshotai/Kimi-K2.5", "revision": branch}))
+        env.wait_condition("hung", "WeightsReady", "False", "Resolving", timeout=30)
+        assert hub.info_requests > asked, "the operator is asking the Hub"
+        env.apply(kd("pinned", model={"repo": "moonshotai/Kimi-K2.5", "revision": repo.main_commit}))
+        env.wait_condition("pinned", "WeightsReady", "False", "Downloading", timeout=30)
+        assert "pinned-fetch" in env.names("Job") and "hung-fetch" not in env.names("Job")
+        assert (env.condition("hung", "WeightsReady") or {}).get("reason") == "Resolving", "still waiting"
+    finally:
+        hub.hang_model_info(False)
+    env.wait_condition("hung", "WeightsReady", "False", "Downloading", timeout=30)
+    command = container(env.read("Job", "hung-fetch")["spec"]["template"]["spec"])["command"]
+    assert flag(command, "--revision") == repo.main_commit, command
