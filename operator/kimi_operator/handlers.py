@@ -19,11 +19,12 @@ import kopf
 from prometheus_client import start_http_server
 
 from kimi_operator import render
-from kimi_operator.api.models import GROUP, PLURAL, VERSION
+from kimi_operator.api.models import GROUP, KIND, PLURAL, VERSION
 from kimi_operator.autoscaler.runner import Autoscalers
+from kimi_operator.cache import Cache
 from kimi_operator.config import OperatorConfig
 from kimi_operator.controller import WorkQueue
-from kimi_operator.kube import Kube, load_client
+from kimi_operator.kube import CachedKube, Kube, load_client
 from kimi_operator.leader import Elector
 
 MANAGED = {render.MANAGED_BY_LABEL: render.MANAGED_BY}
@@ -73,7 +74,8 @@ async def startup(
     elector: Elector | None = None
     if config.leader_election_lease:
         elector = Elector(Kube(api), config.leader_election_namespace, config.leader_election_lease, config.identity)
-    kube = Kube(api, may_write=elector.leading if elector is not None else None)
+    cache = memo["cache"] = Cache()  # fed by every handler below before it queues the owner
+    kube = CachedKube(api, cache, may_write=elector.leading if elector is not None else None)
     queue = WorkQueue(kube, config)
     if elector is not None:
         queue.leading.clear()  # stand by until the Lease is ours
@@ -116,6 +118,7 @@ async def kimideployment_event(
     autoscalers: Autoscalers = memo["autoscalers"]
     if namespace is None:
         return
+    memo["cache"].event(KIND, type, body)
     key = (namespace, name)
     if type == "DELETED":
         queue.forget(key)
@@ -138,6 +141,20 @@ def _owner(labels: Mapping[str, str], namespace: str | None, memo: Any) -> None:
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 @kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
-@kopf.on.event("", "v1", "pods", labels={**MANAGED, render.WORKLOAD_LABEL: kopf.PRESENT})
-async def child_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
+@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED)  # engine, fetch and gateway pods
+async def child_event(
+    type: str,
+    labels: Mapping[str, str],
+    namespace: str | None,
+    body: Mapping[str, Any],
+    resource: kopf.Resource,
+    memo: Any,
+    **_: Any,
+) -> None:
+    if resource.kind:  # the cache first: the reconcile this queues reads at least this event
+        memo["cache"].event(resource.kind, type, body)
     _owner(labels, namespace, memo)

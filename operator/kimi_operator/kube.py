@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kimi_operator import metrics
 from kimi_operator.api.models import GROUP, KIND, PLURAL, VERSION
+from kimi_operator.cache import Cache
 from kimi_operator.timeutil import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -172,6 +175,20 @@ def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
+def _read_of(path: str) -> tuple[str, str]:
+    """(resource, get|list) of a GET path, for the reads metric."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
+        rest = parts[parts.index("namespaces") + 2 :]
+    else:
+        rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if not rest:
+        return "?", "get"
+    if len(rest) >= 3:  # <plural>/<name>/<subresource>
+        return f"{rest[0]}/{rest[2]}", "get"
+    return rest[0], "get" if len(rest) == 2 else "list"
+
+
 class NotLeader(Exception):
     """A write refused before it left this process: another operator replica holds the leader Lease (or this one
     could not renew it in time). Not an API error: the work is done by the leader."""
@@ -230,6 +247,8 @@ class Kube:
         ok = 200 <= resp.status < 300
         if write and guarded:  # the Lease's renewals are not the operator's writes to the objects it manages
             metrics.API_WRITES.labels(verb=method, outcome="ok" if ok else str(resp.status)).inc()
+        elif not write and guarded:
+            metrics.API_READS.labels(*_read_of(path)).inc()
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
         if not ok:
             raise kube_error(resp.status, resp.reason or "", text)
@@ -239,7 +258,7 @@ class Kube:
     # (leader.LeaseStore; never guarded: these writes are how leadership is won and kept)
     def get_lease(self, namespace: str, name: str) -> Manifest | None:
         try:
-            out: Manifest = self._call("GET", LEASES.path(namespace, name))
+            out: Manifest = self._call("GET", LEASES.path(namespace, name), guarded=False)
             return out
         except NotFound:
             return None
@@ -398,3 +417,68 @@ class Kube:
             self._call("POST", EVENTS.path(meta["namespace"]), body=body)
         except KubeError as err:  # an event is best effort: never fail a reconcile on it
             log.warning("event %s/%s not recorded: %s", meta["name"], reason, err)
+
+
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kimi-operator"  # what handlers.py watches (render.MANAGED_BY)
+MISSING_KIND_SECONDS = 60.0  # an optional kind the cluster does not serve (no LWS CRD) is asked again after this
+
+
+class CachedKube(Kube):
+    """Kube whose reconcile reads come from the watch-fed cache (cache.py): the KimiDeployments, their children and
+    their pods. The first read of a kind in a namespace primes it with one LIST of the namespace's managed objects;
+    after that no LIST reaches the API server. Writes, Events, logs, the Lease and a user's own claim go through."""
+
+    def __init__(
+        self, api: kubernetes.client.ApiClient, cache: Cache, may_write: Callable[[], bool] | None = None
+    ) -> None:
+        super().__init__(api, may_write)
+        self.cache = cache
+        self._missing: dict[str, float] = {}  # optional kind -> when the cluster said it does not serve it
+        self._prime_lock = threading.Lock()
+
+    def _ensure(self, kind: str, rtype: ResourceType, namespace: str, selector: str) -> None:
+        if self.cache.primed(kind, namespace):
+            return
+        with self._prime_lock:  # one priming LIST per (kind, namespace), whatever the number of workers
+            if not self.cache.primed(kind, namespace):
+                self.cache.prime(kind, namespace, self._list_from_server(rtype, namespace, selector))
+                metrics.CACHED_OBJECTS.set(self.cache.size())
+
+    def _list_from_server(self, rtype: ResourceType, namespace: str, selector: str) -> list[Manifest]:
+        return super().list_of(rtype, namespace, selector)
+
+    def get_kd(self, namespace: str, name: str) -> Manifest | None:
+        self._ensure(KIND, KD, namespace, "")
+        return self.cache.get(KIND, namespace, name)
+
+    def list_kds(self, namespace: str) -> list[Manifest]:
+        self._ensure(KIND, KD, namespace, "")
+        return self.cache.list(KIND, namespace)
+
+    def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        self._ensure("Pod", PODS, namespace, MANAGED_SELECTOR)
+        return self.cache.list("Pod", namespace, selector)
+
+    def list_children(self, namespace: str, selector: str) -> tuple[dict[tuple[str, str], Manifest], set[str]]:
+        children: dict[tuple[str, str], Manifest] = {}
+        missing: set[str] = set()
+        now = time.monotonic()
+        for kind, rtype in CHILD_TYPES.items():
+            said = self._missing.get(kind)
+            if said is not None and now - said < MISSING_KIND_SECONDS:
+                missing.add(kind)
+                continue
+            try:
+                self._ensure(kind, rtype, namespace, MANAGED_SELECTOR)
+            except NotFound:
+                if kind not in OPTIONAL_KINDS:
+                    raise
+                self._missing[kind] = now
+                missing.add(kind)
+                continue
+            self._missing.pop(kind, None)
+            for item in self.cache.list(kind, namespace, selector):
+                item.setdefault("kind", rtype.kind)
+                item.setdefault("apiVersion", rtype.api_version)
+                children[(kind, item["metadata"]["name"])] = item
+        return children, missing

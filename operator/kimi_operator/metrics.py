@@ -15,6 +15,12 @@ API_WRITES = Counter(
     "Write calls (apply, patch, delete, create) the operator made to the API server",
     ["verb", "outcome"],
 )
+API_READS = Counter(
+    "kimi_operator_api_reads",
+    "Read calls (get, list, logs) the operator made to the API server, by resource (the Lease's aside)",
+    ["resource", "verb"],
+)
+CACHED_OBJECTS = Gauge("kimi_operator_cached_objects", "Objects in the watch-fed read cache")
 RECONCILES = Counter("kimi_operator_reconciles", "Reconciles run, by result", ["result"])
 RECONCILE_SECONDS = Histogram(
     "kimi_operator_reconcile_duration_seconds",

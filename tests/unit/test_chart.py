@@ -247,15 +247,15 @@ def test_rbac_has_no_wildcards_and_grants_exactly_what_the_operator_uses(helm: P
         ("leaderworkerset.x-k8s.io", "leaderworkersets"),
     ]:
         assert {(group, resource, v) for v in {"get", "list", "watch"} | writes} <= granted
-    # The gateway's ServiceAccount, Role and RoleBinding, the engines' NetworkPolicy: listed and applied, not
-    # watched; the Role grants pods get/list/watch, which the operator holds, so no bind/escalate.
+    # The gateway's ServiceAccount, Role and RoleBinding, the engines' NetworkPolicy: watched (the read cache) and
+    # applied, never read one by one; the Role grants pods get/list/watch, which the operator holds: no bind/escalate.
     for group, resource in [
         ("", "serviceaccounts"),
         ("rbac.authorization.k8s.io", "roles"),
         ("rbac.authorization.k8s.io", "rolebindings"),
         ("networking.k8s.io", "networkpolicies"),
     ]:
-        assert {v for g, res, v in granted if (g, res) == (group, resource)} == {"list"} | writes
+        assert {v for g, res, v in granted if (g, res) == (group, resource)} == {"list", "watch"} | writes
     assert not {v for g, res, v in granted if res in ("roles", "rolebindings", "clusterroles")} & {"bind", "escalate"}
     assert not any(res in ("clusterroles", "clusterrolebindings") for _, res, _ in granted)
     assert {("kimi-operator.dev", "kimideployments", v) for v in ("get", "list", "watch")} <= granted

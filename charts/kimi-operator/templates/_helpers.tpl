@@ -105,16 +105,17 @@ field manager kimi-operator). Used by the ClusterRole, or by a Role per watched 
   resources: ["pods/log"]
   verbs: ["get"]
 {{- /* The gateway: its ServiceAccount, a Role granting pods get/list/watch (which the operator holds itself, so
-no bind or escalate verb is needed) and its RoleBinding; the engines' NetworkPolicy. Read by list, never watched. */}}
+no bind or escalate verb is needed) and its RoleBinding; the engines' NetworkPolicy. Watched like every child:
+the read cache is fed by the watches, and an edit by hand is restored. */}}
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]
