@@ -466,7 +466,8 @@ def test_two_operator_replicas_one_works_a_frozen_one_never_comes_back_beside_th
 
     def replicas() -> int | None:
         dep = kube.Kube(kube_api).get(kube.CHILD_TYPES["Deployment"], namespace, "ha") or {}
-        return dep.get("spec", {}).get("replicas")
+        value = dep.get("spec", {}).get("replicas")
+        return int(value) if value is not None else None
 
     # freeze the leader: the standby takes over once the Lease has gone unrenewed for its duration
     assert first.proc is not None

@@ -54,15 +54,15 @@ def test_kopf_retries_a_request_with_them_and_logs_only_the_first_failure_as_an_
     async def ok(_: Any) -> None:
         return None
 
-    monkeypatch.setattr(kopf_api.asyncio, "sleep", no_sleep)
-    monkeypatch.setattr(kopf_api.errors, "check_response", ok)
+    monkeypatch.setattr("kopf._cogs.clients.api.asyncio.sleep", no_sleep)
+    monkeypatch.setattr("kopf._cogs.clients.api.errors.check_response", ok)
     settings = kopf.OperatorSettings()
     settings.networking.error_backoffs = WatchBackoffs()
     logger = logging.getLogger(KOPF_CLIENT_LOGGERS[1])
     logger.addFilter(FirstRetryOnly())
     try:
         with caplog.at_level(logging.INFO, logger=logger.name):
-            request = kopf_api.request.__wrapped__  # the undecorated coroutine: the test gives the context
+            request = getattr(kopf_api.request, "__wrapped__")  # noqa: B009 - undecorated: the test gives the context
             asyncio.run(request("get", "/api/v1/pods", settings=settings, logger=logger, context=Context()))
     finally:
         logger.filters.clear()

@@ -843,7 +843,7 @@ def test_a_claim_still_pending_is_reported_even_when_a_download_is_on_record() -
     s.step()  # re-created
     s.kube.update("PersistentVolumeClaim", "kd-weights", lambda pvc: pvc.update(status={"phase": "Pending"}))
     s.step("2026-11-23T12:30:00Z")
-    with mock.patch.object(controller.time, "time", lambda: 1_900_000_000.0):
+    with mock.patch("kimi_operator.controller.time.time", lambda: 1_900_000_000.0):
         s.step("2026-11-23T12:30:00Z")
     assert _cond(s, "WeightsReady")["reason"] == "VolumeNotBound", _cond(s, "WeightsReady")
 
