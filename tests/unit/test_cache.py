@@ -11,7 +11,8 @@ from kimi_operator import controller, render
 from kimi_operator.cache import Cache, matches
 from kimi_operator.config import OperatorConfig
 from kimi_operator.kube import CachedKube, ResourceType
-from tests.unit.fakekube import FakeHub, FakeKube, Manifest, kimideployment
+from kimi_operator.reconcile.types import Manifest
+from tests.unit.fakekube import FakeHub, FakeKube, kimideployment
 
 COMMIT = "a" * 40
 CONFIG = OperatorConfig(operator_image="op:test")
