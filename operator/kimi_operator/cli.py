@@ -172,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or (),
         standalone=True,
         liveness_endpoint=args.liveness,
+        # kopf would otherwise make one from the user name, which a uid without a passwd entry (the image's 65532
+        # under a random-uid policy) does not have: it crashed the pod. The same identity as the Lease's.
+        identity=OperatorConfig.from_env().identity,  # type: ignore[arg-type]  # kopf's Identity: a NewType of str
     )
     return 0
 

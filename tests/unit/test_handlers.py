@@ -69,3 +69,20 @@ def test_kopf_retries_a_request_with_them_and_logs_only_the_first_failure_as_an_
     assert attempts == 6 and slept == [0.5, 1.0, 2.0, 2.0, 2.0]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith("Request attempt #1 failed; will retry"), errors
+
+
+def test_the_operator_gives_kopf_its_identity_so_kopf_never_looks_up_a_user_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real-node e2e caught it: without POD_ID (kopf's peering variable, gone with peering) kopf asked
+    getpass.getuser(), and uid 65532 has no passwd entry in the image: every operator pod crash-looped."""
+    from kimi_operator import cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(kopf, "configure", lambda **_: None)
+    monkeypatch.setenv("POD_NAME", "kimi-operator-7d9-abc")
+    monkeypatch.delenv("POD_ID", raising=False)
+    monkeypatch.setenv("KIMI_LEADER_ELECTION_LEASE", "")  # restored after: cli.main sets it for the run
+    assert cli.main(["run", "--leader-election-lease", "kimi"]) == 0
+    assert seen["identity"] == "kimi-operator-7d9-abc" and seen["standalone"] is True
