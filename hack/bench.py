@@ -3,7 +3,8 @@
 1. apply-to-children latency: time from `kubectl apply` of a KimiDeployment until every first-stage child exists
    (weights PVC, fetch Job, Service, headless Service), and until Ready (the simulated download completes at once),
    p50/p95 over N KimiDeployments applied one after another;
-2. API writes per idle KimiDeployment over a window (goal 0), read from the operator's own write counter;
+2. API writes and reads per idle KimiDeployment over a window (goals 0 and <= 0.1 per KD per minute), from the
+   operator's own counters (reads: every GET/LIST/log call; the read cache should leave ~none);
 3. operator RSS with M KimiDeployments (replicas 0, so no pods compete for the 4 simulated nodes).
 
     python hack/bench.py [--n 20] [--idle-seconds 600] [--many 200] [--cluster bench]
@@ -78,7 +79,10 @@ class Bench:
         return set(found)
 
     def ready(self, ns: str, name: str) -> bool:
-        body = self.kube.get_kd(ns, name) or {}
+        return self.is_ready(self.kube.get_kd(ns, name) or {})
+
+    @staticmethod
+    def is_ready(body: dict[str, Any]) -> bool:
         st = body.get("status") or {}
         gen = body.get("metadata", {}).get("generation")
         return any(
@@ -141,15 +145,19 @@ def main() -> int:
 
         wait(lambda: all(b.ready(ns, f"lat-{i}") for i in range(args.n)), 120, "all Ready at 0 replicas")
         time.sleep(5)
-        w0, r0 = op.writes(), op.reconciles()
+        w0, r0, g0, l0 = op.writes(), op.reconciles(), op.reads("get"), op.reads("list")
         time.sleep(args.idle_seconds)
-        w1, r1 = op.writes(), op.reconciles()
+        w1, r1, g1, l1 = op.writes(), op.reconciles(), op.reads("get"), op.reads("list")
+        minutes = args.idle_seconds / 60
         results["idle"] = {
             "kimideployments": args.n,
             "seconds": args.idle_seconds,
             "writes": w1 - w0,
             "writes_per_kd": (w1 - w0) / args.n,
             "reconciles": r1 - r0,
+            "gets": g1 - g0,
+            "lists": l1 - l0,
+            "reads_per_kd_per_minute": round((g1 - g0 + l1 - l0) / args.n / minutes, 3),
         }
 
         ns2 = b.namespace("bench-many")
@@ -163,7 +171,16 @@ def main() -> int:
         if batch:
             b.apply(batch)
         t0 = time.monotonic()
-        wait(lambda: all(b.ready(ns2, f"m-{i}") for i in range(args.many)), 900, "many Ready")
+        first_ready: float | None = None
+        while True:  # one LIST every 0.25 s: how many are Ready (the first, then all)
+            ready = sum(1 for body in b.kube.list_kds(ns2) if b.is_ready(body))
+            if ready and first_ready is None:
+                first_ready = time.monotonic() - t0
+            if ready == args.many:
+                break
+            if time.monotonic() - t0 > 900:
+                raise TimeoutError(f"many Ready: {ready}/{args.many}")
+            time.sleep(0.25)
         settle = time.monotonic() - t0
         time.sleep(10)
         results["memory"] = {
@@ -171,6 +188,7 @@ def main() -> int:
             "rss_mib_before": round(rss0 / 1024, 1),
             "rss_mib_after": round(op.rss_kib() / 1024, 1),
             "all_ready_after_s": round(settle, 1),
+            "first_ready_after_s": round(first_ready or 0.0, 1),
         }
         print(json.dumps(results, indent=2))
         print(
@@ -180,11 +198,13 @@ def main() -> int:
         )
         print(
             f"idle writes: {results['idle']['writes']:.0f} over {args.idle_seconds} s for {args.n} KDs "
-            f"({results['idle']['reconciles']:.0f} reconciles)"
+            f"({results['idle']['reconciles']:.0f} reconciles); reads: {results['idle']['gets']:.0f} GET, "
+            f"{results['idle']['lists']:.0f} LIST = {results['idle']['reads_per_kd_per_minute']} per KD per minute"
         )
         print(
             f"operator RSS with {args.many + args.n} KDs: {results['memory']['rss_mib_after']} MiB "
-            f"(before: {results['memory']['rss_mib_before']} MiB)"
+            f"(before: {results['memory']['rss_mib_before']} MiB); {args.many} created at once: first Ready after "
+            f"{results['memory']['first_ready_after_s']} s, all after {results['memory']['all_ready_after_s']} s"
         )
         print(f"children latencies (ms): {[round(x * 1000) for x in to_children]}")
     finally:

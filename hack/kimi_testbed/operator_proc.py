@@ -82,6 +82,14 @@ class OperatorProcess:
             total += float(m.group(1))
         return total
 
+    def reads(self, verb: str = "") -> float:
+        """Total API read calls (GET, LIST, logs) this operator process has made; `verb` list|get narrows it."""
+        total = 0.0
+        for m in re.finditer(r"^kimi_operator_api_reads_total\{([^}]*)\} ([0-9.e+]+)$", self.metrics(), re.M):
+            if not verb or f'verb="{verb}"' in m.group(1):
+                total += float(m.group(2))
+        return total
+
     def reconciles(self) -> float:
         m = re.search(r'^kimi_operator_reconciles_total\{result="ok"\} ([0-9.e+]+)$', self.metrics(), re.M)
         return float(m.group(1)) if m else 0.0

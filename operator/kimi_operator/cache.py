@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import re
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Manifest = dict[str, Any]
@@ -69,11 +70,16 @@ def _slim(body: Mapping[str, Any]) -> Manifest:
     return obj
 
 
+RELIST_SECONDS = 600.0  # a (kind, namespace) is listed again this often: what a watch that had to relist lost
+
+
 class Cache:
-    def __init__(self) -> None:
+    def __init__(self, relist_seconds: float = RELIST_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str], dict[str, Manifest]] = {}  # (kind, namespace) -> name -> object
-        self._primed: set[tuple[str, str]] = set()
+        self._primed: dict[tuple[str, str], float] = {}  # when it was last listed
+        self._relist = relist_seconds
+        self._clock = clock
 
     def event(self, kind: str, type_: str | None, body: Mapping[str, Any]) -> None:
         """A watch event (ADDED, MODIFIED, DELETED, or None: kopf's initial listing)."""
@@ -96,18 +102,27 @@ class Cache:
             bucket[name] = obj
 
     def primed(self, kind: str, namespace: str) -> bool:
+        """Listed, and not so long ago that a watch which had to relist (kopf reports no deletion it missed then)
+        could have left a stale object behind."""
         with self._lock:
-            return (kind, namespace) in self._primed
+            at = self._primed.get((kind, namespace))
+            return at is not None and self._clock() - at < self._relist
 
     def prime(self, kind: str, namespace: str, items: Iterable[Mapping[str, Any]]) -> None:
-        """What one LIST of the namespace returned: merged (a newer version from the watch wins), then served."""
+        """What one LIST of the namespace returned: merged (a newer version from the watch wins), and what the
+        LIST no longer has is dropped unless the watch brought it after the LIST was served."""
+        listed = [_slim(i) for i in items if (i.get("metadata") or {}).get("name")]
+        newest = max((v for v in (_version(i) for i in listed) if v is not None), default=None)
         with self._lock:
             bucket = self._objects.setdefault((kind, namespace), {})
-            for item in items:
-                name = str((item.get("metadata") or {}).get("name") or "")
-                if name:
-                    self._put(bucket, name, _slim(item))
-            self._primed.add((kind, namespace))
+            names = {str(i["metadata"]["name"]) for i in listed}
+            for name in [n for n in bucket if n not in names]:
+                v = _version(bucket[name])
+                if newest is None or v is None or v <= newest:
+                    del bucket[name]  # deleted while the watch was away
+            for item in listed:
+                self._put(bucket, str(item["metadata"]["name"]), item)
+            self._primed[(kind, namespace)] = self._clock()
 
     def list(self, kind: str, namespace: str, selector: str = "") -> list[Manifest]:
         with self._lock:

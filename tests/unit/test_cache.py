@@ -131,3 +131,16 @@ def test_a_kind_the_cluster_does_not_serve_is_asked_again_only_after_a_minute() 
         _, missing = kube.list_children("ns", render.children_selector("kd"))
         assert missing == {"LeaderWorkerSet"}
     assert kube.lists.count("LeaderWorkerSet") == 1
+
+
+def test_a_relist_drops_what_a_watch_that_had_to_relist_never_reported_deleted() -> None:
+    now = [0.0]
+    cache = Cache(relist_seconds=600, clock=lambda: now[0])
+    cache.prime("Job", "ns", [_obj("gone", "10"), _obj("kept", "11")])
+    cache.event("Job", "ADDED", _obj("new", "30"))  # came by the watch after the next LIST was served
+    now[0] += 599
+    assert cache.primed("Job", "ns")
+    now[0] += 2
+    assert not cache.primed("Job", "ns"), "listed again after 10 minutes"
+    cache.prime("Job", "ns", [_obj("kept", "12")])  # "gone" was deleted while kopf's watch relisted
+    assert sorted(o["metadata"]["name"] for o in cache.list("Job", "ns")) == ["kept", "new"]
