@@ -136,7 +136,7 @@ k apply -f "$DIR/example.yaml"
 sim "SGLang: the serving pod runs the standin-engine image (a TEST DOUBLE), simulating a ${LOAD_SECONDS} s weight load"
 
 say "5/6 kubectl get kd $KD_NAME, every 2 s: WEIGHTS climbs as bytes land on the volume, then the engine loads"
-k get kd "$KD_NAME" | head -n 1 | sed 's/^/         /'
+k get kd "$KD_NAME" | sed -n '1s/^/         /p'  # sed reads it all: head would close the pipe (SIGPIPE, exit 141 under pipefail)
 last="" ready="" t_weights=""
 for _ in $(seq 1 200); do
   row=$(k get kd "$KD_NAME" --no-headers 2>/dev/null || true)
@@ -162,7 +162,7 @@ PORT=$(k get pod "$POD" -o jsonpath='{.spec.containers[0].ports[?(@.name=="http"
 say "6/6 one chat completion from the serving pod $POD ($POD_IP:$PORT, on the real node)"
 sim "the answer comes from the standin-engine TEST DOUBLE, not from Kimi K2.5"
 curl -sf "http://$POD_IP:$PORT/v1/chat/completions" -H 'content-type: application/json' \
-  -d '{"model":"moonshotai/Kimi-K2.5","messages":[{"role":"user","content":"hello"}]}' | head -c 400; echo
+  -d '{"model":"moonshotai/Kimi-K2.5","messages":[{"role":"user","content":"hello"}]}' | { head -c 400; cat >/dev/null; }; echo
 echo
 echo "kubectl logs $POD:"; k logs "$POD" | tail -n 4 | sed 's/^/   /'
 say "events"
