@@ -312,7 +312,7 @@ class Kube:
         missing: set[str] = set()
         for kind, rtype in CHILD_TYPES.items():
             try:
-                items = self.list_of(rtype, namespace, selector)
+                items = self._list_child_kind(rtype, namespace, selector)
             except NotFound:
                 if kind not in OPTIONAL_KINDS:
                     raise
@@ -321,6 +321,10 @@ class Kube:
             for item in items:
                 children[(kind, item["metadata"]["name"])] = item
         return children, missing
+
+    def _list_child_kind(self, rtype: ResourceType, namespace: str, selector: str) -> list[Manifest]:
+        """One child kind's objects with these labels (NotFound: the cluster does not serve the kind)."""
+        return self.list_of(rtype, namespace, selector)
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         return self.list_of(PODS, namespace, selector)
@@ -459,26 +463,23 @@ class CachedKube(Kube):
         self._ensure("Pod", PODS, namespace, MANAGED_SELECTOR)
         return self.cache.list("Pod", namespace, selector)
 
-    def list_children(self, namespace: str, selector: str) -> tuple[dict[tuple[str, str], Manifest], set[str]]:
-        children: dict[tuple[str, str], Manifest] = {}
-        missing: set[str] = set()
-        now = time.monotonic()
-        for kind, rtype in CHILD_TYPES.items():
-            said = self._missing.get(kind)
-            if said is not None and now - said < MISSING_KIND_SECONDS:
-                missing.add(kind)
-                continue
-            try:
-                self._ensure(kind, rtype, namespace, MANAGED_SELECTOR)
-            except NotFound:
-                if kind not in OPTIONAL_KINDS:
-                    raise
-                self._missing[kind] = now
-                missing.add(kind)
-                continue
-            self._missing.pop(kind, None)
-            for item in self.cache.list(kind, namespace, selector):
-                item.setdefault("kind", rtype.kind)
-                item.setdefault("apiVersion", rtype.api_version)
-                children[(kind, item["metadata"]["name"])] = item
-        return children, missing
+    def _list_child_kind(self, rtype: ResourceType, namespace: str, selector: str) -> list[Manifest]:
+        kind = rtype.kind
+        said = self._missing.get(kind)
+        if said is not None and time.monotonic() - said < MISSING_KIND_SECONDS:
+            raise NotFound(
+                404,
+                "NotFound",
+                f"the cluster did not serve {rtype.plural} when asked in the last {MISSING_KIND_SECONDS:.0f}s",
+            )
+        try:
+            self._ensure(kind, rtype, namespace, MANAGED_SELECTOR)
+        except NotFound:
+            self._missing[kind] = time.monotonic()
+            raise
+        self._missing.pop(kind, None)
+        items = self.cache.list(kind, namespace, selector)
+        for item in items:
+            item.setdefault("kind", rtype.kind)
+            item.setdefault("apiVersion", rtype.api_version)
+        return items
