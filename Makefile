@@ -93,8 +93,13 @@ test-cluster: venv bins node-deps images ## Tests against the local control plan
 	$(PY) -m pytest -q tests/cluster
 
 .PHONY: test
-test: venv bins node-deps images ## All tests: unit, contract, images, cluster (installs and builds what they need)
-	$(PY) -m pytest -q tests
+test: venv bins node-deps images ## All tests: unit, contract, images, cluster, lifecycle (installs and builds what they need)
+	$(PY) -m pytest -q tests --ignore=tests/lifecycle
+	KIMI_LIFECYCLE_TESTS=1 $(PY) -m pytest -q tests/lifecycle
+
+.PHONY: test-lifecycle
+test-lifecycle: venv bins node-deps images ## Killed sessions and the next cluster-up (its own clusters: needs the real node free)
+	KIMI_LIFECYCLE_TESTS=1 $(PY) -m pytest -q tests/lifecycle
 
 .PHONY: check
 check: lint typecheck test ## Lint, types and all tests

@@ -6,7 +6,13 @@ probes. It reads what it needs from SGLang's flags (``--host``, ``--port``, ``--
 ``--dp``, ``--ep-size``, ``--context-length``; everything else is accepted and ignored) and plays the parts of an
 engine's life that the kubelet sees:
 
-- loading: the port stays closed for ``KIMI_STANDIN_LOAD_SECONDS`` (as while SGLang loads weights), then it listens;
+- loading: the port stays closed for ``KIMI_STANDIN_LOAD_SECONDS`` (as while SGLang loads weights), then it listens.
+  Meanwhile it prints the pinned SGLang's own startup lines (the ones kimi_operator.engine.sglang_startup reads):
+  "Load weight begin", the safetensors shard bar over ``KIMI_STANDIN_SHARDS`` shards (default 8; redrawn with a
+  carriage return as tqdm does, or one line per shard with ``KIMI_STANDIN_PROGRESS=lines``), "Load weight end",
+  ``KIMI_STANDIN_CAPTURE_SECONDS`` of CUDA graph capture (default 0: none), then K2.5's warmup line and "The server
+  is fired up and ready to roll!". ``KIMI_STANDIN_STALL_AT_SHARD=N`` stops the load after shard N for good (a
+  stalled load: the port never opens);
 - serving: each chat completion takes ``KIMI_STANDIN_COMPLETION_SECONDS`` (default 0), so answers can be in flight;
 - SIGTERM: stop accepting connections, finish the answers in flight (at most ``KIMI_STANDIN_DRAIN_SECONDS``,
   default: until the kubelet's SIGKILL), exit 0.
@@ -23,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,6 +104,52 @@ def _control_server(engine: StandinEngine, host: str, port: int) -> ThreadingHTT
     return server
 
 
+def sglang_line(message: str) -> None:
+    """A line as SGLang's logger prints it (its format: `[time TP0] message`)."""
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')} TP0] {message}", flush=True)
+
+
+def _bar(desc: str, done: int, total: int, elapsed: float) -> str:
+    """tqdm's line with SGLang's BAR_FORMAT ("{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [...]")."""
+    left = elapsed / done * (total - done) if done else 0.0
+    return f"{desc}: {done * 100 / total:3.0f}% Completed | {done}/{total} [{elapsed:05.1f}<{left:05.1f}, ?it/s]"
+
+
+def simulate_startup(stop: threading.Event, load_seconds: float) -> bool:
+    """Print SGLang's startup lines over the simulated load (False: stopped meanwhile)."""
+    shards = max(1, int(os.environ.get("KIMI_STANDIN_SHARDS", "8")))
+    stall_at = int(os.environ.get("KIMI_STANDIN_STALL_AT_SHARD", "-1"))
+    capture = _env_seconds("KIMI_STANDIN_CAPTURE_SECONDS", 0.0) or 0.0
+    redraw = os.environ.get("KIMI_STANDIN_PROGRESS", "tqdm") != "lines"
+    desc = "Loading safetensors checkpoint shards"
+    sglang_line("Load weight begin. avail mem=139.50 GB (stand-in: no GPU, no weights are read)")
+    started = time.monotonic()
+    for done in range(shards + 1):
+        bar = _bar(desc, done, shards, time.monotonic() - started)
+        if redraw:
+            sys.stderr.write("\r" + bar)
+            sys.stderr.flush()
+        else:
+            print(bar, flush=True)
+        if done == stall_at:
+            print("", file=sys.stderr, flush=True)
+            print(f"stand-in engine: load stalled after shard {done} (KIMI_STANDIN_STALL_AT_SHARD)", flush=True)
+            stop.wait()
+            return False
+        if done < shards and stop.wait(load_seconds / shards):
+            return False
+    if redraw:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+    sglang_line(f"Load weight end. elapsed={time.monotonic() - started:.2f} s, type=KimiK25ForConditionalGeneration")
+    if capture:
+        sglang_line("Capture target decode CUDA graph begin. backend=fa3, num_tokens_per_req=1, avail mem=30.00 GB")
+        if stop.wait(capture):
+            return False
+        sglang_line(f"Capture target decode CUDA graph end. elapsed={capture:.2f} s, mem usage=1.00 GB.")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m sglang.launch_server",
@@ -129,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     load_seconds = _env_seconds("KIMI_STANDIN_LOAD_SECONDS", 0.0) or 0.0
     if load_seconds:
         print(f"stand-in engine: simulating a {load_seconds:g} s weight load (port {args.port} closed)", flush=True)
-        if stop.wait(load_seconds):
-            return 0
+    if not simulate_startup(stop, load_seconds):
+        return 0
     engine.start()
     print(f"stand-in engine: listening on {engine.url}", flush=True)
+    sglang_line("Using a 512x512 image for Kimi VLM startup warmup to compile MoonViT position interpolation.")
+    sglang_line("The server is fired up and ready to roll!")
     while not stop.wait(3600):
         pass
     started = time.monotonic()

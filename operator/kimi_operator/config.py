@@ -24,6 +24,7 @@ class OperatorConfig:
     hf_endpoint: str = ""  # Hub mirror for revision resolution and the fetch Job (empty: huggingface.co)
     operator_image_pull_policy: str = "IfNotPresent"  # of the fetch Job's container (the chart's image.pullPolicy)
     volume_grace_seconds: int = 30  # a weights PVC Pending longer than this is reported as VolumeNotBound
+    startup_stall_seconds: int = 300  # the shortest quiet time in a startup phase reported as StartupStalled
     # Leader election (more than one operator replica): the Lease's name (empty: off, this process always works),
     # its namespace, and this candidate's identity (the pod name)
     leader_election_lease: str = ""
@@ -45,6 +46,7 @@ class OperatorConfig:
             hf_endpoint=env.get("KIMI_HF_ENDPOINT", env.get("HF_ENDPOINT", "")),
             operator_image_pull_policy=env.get("KIMI_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent"),
             volume_grace_seconds=int(env.get("KIMI_VOLUME_GRACE_SECONDS", "30")),
+            startup_stall_seconds=int(env.get("KIMI_STARTUP_STALL_SECONDS", "300")),
             leader_election_lease=env.get("KIMI_LEADER_ELECTION_LEASE", ""),
             leader_election_namespace=env.get("KIMI_LEADER_ELECTION_NAMESPACE", env.get("POD_NAMESPACE", "default")),
             identity=env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",

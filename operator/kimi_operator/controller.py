@@ -20,6 +20,7 @@ from kimi_operator.api import resource
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.api.resource import KimiDeployment
 from kimi_operator.config import OperatorConfig
+from kimi_operator.engine import sglang_startup
 from kimi_operator.hub import Resolver
 from kimi_operator.kube import Conflict, Forbidden, Kube, KubeError, NotFound, NotLeader
 from kimi_operator.timeutil import now_rfc3339, parse_rfc3339
@@ -133,6 +134,67 @@ def _fetch_log_tails(kube: Kube, namespace: str, name: str, fetch_pods: list[Man
     return {pod_name: tail}
 
 
+ENGINE_LOG_LINES = 300  # SGLang's startup prints a few hundred lines; the phase is in the last of its markers
+ENGINE_LOG_BYTES = 128 << 10
+ENGINE_LOG_RETRY_SECONDS = 30.0  # a node that served no log (a simulated node) is asked again this late
+_engine_logs: dict[Key, dict[str, tuple[float, str, str]]] = {}  # KD -> pod -> (read at, container run, tail)
+
+
+def _starting_leaders(pods: list[Manifest]) -> list[tuple[str, str]]:
+    """(pod, container run) of the leader pods whose engine runs but is not Ready: the ones whose log is read."""
+    out = []
+    for pod in pods:
+        meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+        if (meta.get("labels") or {}).get(render.COMPONENT_LABEL) != "server" or meta.get("deletionTimestamp"):
+            continue
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []):
+            continue
+        for c in st.get("containerStatuses") or []:
+            running = (c.get("state") or {}).get("running")
+            if c.get("name") == sglang_startup.CONTAINER and running:
+                out.append((str(meta.get("name")), f"{meta.get('uid')}/{running.get('startedAt')}"))
+    return out
+
+
+def _engine_log_tails(kube: Kube, namespace: str, name: str, pods: list[Manifest]) -> dict[str, str]:
+    """The timestamped log tails of the starting leader pods (pods/log), where the engine prints its startup.
+
+    Read only while a replica starts (never once it is Ready), at most once per startup POLL_SECONDS per pod; a
+    node that serves no logs gives an empty tail, asked again after ENGINE_LOG_RETRY_SECONDS."""
+    key = (namespace, name)
+    starting = _starting_leaders(pods)
+    if not starting:
+        _engine_logs.pop(key, None)
+        return {}
+    cache = _engine_logs.setdefault(key, {})
+    for gone in set(cache) - {pod for pod, _ in starting}:
+        del cache[gone]
+    now = time.monotonic()
+    out: dict[str, str] = {}
+    for pod, run in starting:
+        cached = cache.get(pod)
+        if cached is not None and cached[1] == run:
+            wait = reconcile.STARTUP_POLL_SECONDS if cached[2] else ENGINE_LOG_RETRY_SECONDS
+            if now - cached[0] < wait:
+                out[pod] = cached[2]
+                continue
+        try:
+            tail = kube.pod_log_tail(
+                namespace,
+                pod,
+                sglang_startup.CONTAINER,
+                lines=ENGINE_LOG_LINES,
+                limit_bytes=ENGINE_LOG_BYTES,
+                timestamps=True,
+            )
+        except KubeError as err:
+            log.debug("%s/%s: no log from engine pod %s: %s", namespace, name, pod, err)
+            tail = ""
+        cache[pod] = (now, run, tail)
+        out[pod] = tail
+    return out
+
+
 def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: int = 30) -> reconcile.Observed:
     """Everything decide() needs, read from the API server (and the Hub for an unpinned revision)."""
     namespace, name = kd.namespace, kd.name
@@ -146,6 +208,7 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
         lws_installed="LeaderWorkerSet" not in missing,
         fetch_pods=fetch_pods,
         fetch_logs=_fetch_log_tails(kube, namespace, name, fetch_pods),
+        engine_logs=_engine_log_tails(kube, namespace, name, pods),
     )
     spec = kd.spec
     if spec is None:  # decide() refuses it: nothing else to read
@@ -305,6 +368,8 @@ def reconcile_one(
                 for c in actions.status.get("conditions") or []
             )
             metrics.observe_weights(namespace, name, weights, ready)
+        for phase, seconds in actions.phase_seconds:
+            metrics.STARTUP_PHASE_SECONDS.labels(phase=phase).observe(seconds)
     for ev in actions.events:
         kube.event(body, ev.type, ev.reason, ev.message)
     if actions.explanation:
@@ -346,6 +411,7 @@ class WorkQueue:
     def forget(self, key: Key) -> None:
         self.known.discard(key)
         _fetch_logs.pop(key, None)
+        _engine_logs.pop(key, None)
         metrics.forget_weights(*key)
         self.failures.pop(key, None)
         self.retries.pop(key, None)

@@ -330,11 +330,21 @@ class Kube:
         return self.list_of(PODS, namespace, selector)
 
     def pod_log_tail(
-        self, namespace: str, name: str, container: str, *, lines: int = 40, limit_bytes: int = 64 << 10
+        self,
+        namespace: str,
+        name: str,
+        container: str,
+        *,
+        lines: int = 40,
+        limit_bytes: int = 64 << 10,
+        timestamps: bool = False,
     ) -> str:
-        """The last ``lines`` lines of a container's log (pods/log get), at most ``limit_bytes``. Needs a kubelet:
-        raises a KubeError when the pod's node serves no logs (e.g. a simulated node) or the pod is gone."""
+        """The last ``lines`` lines of a container's log (pods/log get), at most ``limit_bytes``; with
+        ``timestamps`` each line starts with the kubelet's RFC 3339 time. Needs a kubelet: raises a KubeError when
+        the pod's node serves no logs (e.g. a simulated node) or the pod is gone."""
         query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(limit_bytes))]
+        if timestamps:
+            query.append(("timestamps", "true"))
         # the API server answers 406 to Accept: text/plain on this subresource (kubectl sends */* too)
         return self._request("GET", PODS.path(namespace, name) + "/log", query=query, accept="*/*", timeout=10)
 

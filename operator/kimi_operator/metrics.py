@@ -27,6 +27,12 @@ RECONCILE_SECONDS = Histogram(
     "Time to reconcile one KimiDeployment (reads, decision, writes)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+STARTUP_PHASE_SECONDS = Histogram(
+    "kimi_operator_startup_phase_seconds",
+    "How long each startup phase of a replica took (observed when the replica goes Ready; status.startup.history)",
+    ["phase"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
 QUEUE_DEPTH = Gauge("kimi_operator_workqueue_depth", "KimiDeployments waiting to be reconciled")
 MANAGED = Gauge("kimi_operator_kimideployments", "KimiDeployments known to the operator")
 

@@ -626,3 +626,21 @@ def _does_not_fit(
     if not advice:
         return f"{first.why_not}; no layout of up to {MAX_AUTO_NODES} nodes of {acc.key} fits this checkpoint"
     return f"{first.why_not}; use {', or '.join(advice)}"
+
+
+# What each startup phase takes before this cluster has measured any start (the ETA's first guess, and the stall
+# detector's yardstick until then): the pessimistic weight read above; DeepGEMM JIT up to ~10 min and CUDA graph
+# capture ~1.5 min (shared/reference/sglang-kimi.md); an image pull of SGLang's ~15 GB image at ~50 MB/s; the warmup
+# request. Together with the load they are the startup budget's POST_LOAD_SECONDS and more.
+PHASE_ESTIMATE_SECONDS: dict[Reason, int] = {
+    Reason.PULLING_IMAGE: 300,
+    Reason.COMPILING: 600,
+    Reason.CAPTURING_GRAPHS: 90,
+    Reason.WARMING_UP: 60,
+}
+
+
+def startup_estimates(p: Plan) -> dict[Reason, int]:
+    """The planner's estimate of each startup phase of one replica, in seconds."""
+    load = math.ceil(p.weights_bytes_per_gpu * p.gpus_per_pod / LOAD_BYTES_PER_SECOND)
+    return {Reason.LOADING_WEIGHTS: load, **PHASE_ESTIMATE_SECONDS}

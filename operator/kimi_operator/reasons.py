@@ -48,6 +48,16 @@ class Reason(StrEnum):
     FAILED_CREATE = "FailedCreate"  # the workload's controller cannot create pods (admission: quota, priority...)
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
     NO_REPLICA_READY = "NoReplicaReady"
+    # -- a starting replica's phase (status.startup, the Progressing reason while it starts; docs/startup.md)
+    PENDING = "Pending"  # the pod waits for a node
+    SCHEDULED = "Scheduled"  # on a node: volumes, the weights-check init container
+    PULLING_IMAGE = "PullingImage"
+    LOADING_WEIGHTS = "LoadingWeights"
+    COMPILING = "Compiling"  # DeepGEMM JIT
+    CAPTURING_GRAPHS = "CapturingGraphs"
+    WARMING_UP = "WarmingUp"
+    STARTUP_FAILED = "StartupFailed"  # the engine logged that it failed, or its container exited
+    STARTUP_STALLED = "StartupStalled"  # no progress in a phase for longer than earlier starts make plausible
     # -- a container stuck in a state it does not leave by itself: each needs a person (an image name, a Secret)
     ERR_IMAGE_PULL = "ErrImagePull"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
@@ -117,6 +127,7 @@ _NOT_READY_WARNINGS: frozenset[Reason] = frozenset(
         Reason.UNSCHEDULABLE,
         Reason.APPLY_FAILED,
         Reason.FAILED_CREATE,
+        Reason.STARTUP_STALLED,
     }
     | FAILING_CONTAINER_REASONS
 )
@@ -127,8 +138,21 @@ _WARNINGS: frozenset[Reason] = _NOT_READY_WARNINGS | {
     Reason.SNAPSHOT_INCOMPLETE,
     Reason.METRICS_UNAVAILABLE,
     Reason.NO_READY_REPLICAS,
+    Reason.STARTUP_FAILED,
 }
 WARNING_REASONS = _WARNINGS
+
+# A starting replica's phases, in the order a start goes through them (Ready last).
+STARTUP_PHASES: tuple[Reason, ...] = (
+    Reason.PENDING,
+    Reason.SCHEDULED,
+    Reason.PULLING_IMAGE,
+    Reason.LOADING_WEIGHTS,
+    Reason.COMPILING,
+    Reason.CAPTURING_GRAPHS,
+    Reason.WARMING_UP,
+    Reason.READY,
+)
 
 # The reasons the Ready condition (the STATUS column) can carry. The others belong to WeightsReady (Downloading,
 # Downloaded, Reused), Available, Progressing (Complete), ScalingActive and the autoscaler's Events.

@@ -162,6 +162,7 @@ class FakeKube(Kube):
         self._incarnations: dict[str, int] = {}
         self.owned: dict[Key, Manifest] = {}  # what this field manager last applied, per object
         self.logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> log text
+        self.log_timestamps = False  # whether the last pods/log read asked for the kubelet's timestamps
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name) of every write the operator asked for
         self.faults: list[Fault] = []
         self.unserved: set[str] = set() if lws_installed else {"LeaderWorkerSet"}  # kinds whose API is absent
@@ -289,16 +290,25 @@ class FakeKube(Kube):
         return out
 
     def pod_log_tail(
-        self, namespace: str, name: str, container: str, *, lines: int = 40, limit_bytes: int = 64 << 10
+        self,
+        namespace: str,
+        name: str,
+        container: str,
+        *,
+        lines: int = 40,
+        limit_bytes: int = 64 << 10,
+        timestamps: bool = False,
     ) -> str:
+        """The text set_log gave (with `timestamps` it is expected to carry them already, as the kubelet's)."""
         with self._lock:
+            self.log_timestamps = timestamps  # what the last read asked for
             self._check("log", "Pod", name)
             if ("Pod", namespace, name) not in self.objects:
                 raise status_error(404, f'pods "{name}" not found')
             text = self.logs.get((namespace, name, container))
         if text is None:
             raise status_error(400, f'container "{container}" in pod "{name}" is waiting to start')
-        return "\n".join(text.splitlines()[-lines:]).encode()[-limit_bytes:].decode(errors="ignore")
+        return "\n".join(text.split("\n")[-lines:]).encode()[-limit_bytes:].decode(errors="ignore")
 
     # ------------------------------------------------------------------------------------------ writes
     def apply(self, manifest: Manifest) -> Manifest:

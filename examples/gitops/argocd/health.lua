@@ -24,6 +24,7 @@ local degraded = {
   Unschedulable = true,
   ApplyFailed = true,
   FailedCreate = true,
+  StartupStalled = true,
   ErrImagePull = true,
   ImagePullBackOff = true,
   InvalidImageName = true,

@@ -65,8 +65,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {
         "name": "Status",
         "type": "string",
-        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-        "description": "Reason of the Ready condition",
+        "jsonPath": ".status.state",
+        "description": "The Ready reason, or a starting replica's phase, progress and ETA (Loading 45% ETA 3m)",
     },
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.repo"},
     {"name": "Weights", "type": "string", "jsonPath": ".status.weights.progress", "description": "Download"},

@@ -573,6 +573,59 @@ class GatewayStatus(ApiModel):
     summary: str | None = Field(default=None, description="GATEWAY column, e.g. cache_aware 2/2, 3 workers.")
 
 
+class StartupStep(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: str
+    since: str = Field(description="When the replica entered the phase (RFC 3339).")
+
+
+class ReplicaStartup(ApiModel):
+    """One replica that is not Ready yet (the leader pod of a group): its phase, progress and ETA."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    pod: str
+    phase: str = Field(
+        description="Pending, Scheduled, PullingImage, LoadingWeights, Compiling, CapturingGraphs, "
+        "WarmingUp or StartupFailed (docs/startup.md)."
+    )
+    since: str = Field(description="When the current phase began.")
+    progress: str | None = Field(default=None, description="What the engine reports, e.g. 29/64 shards.")
+    percent: int | None = None
+    progress_at: str | None = Field(default=None, description="The last sign of progress in this phase.")
+    eta_seconds: int | None = Field(default=None, description="Until Ready, from this cluster's earlier starts.")
+    stalled: bool | None = None
+    message: str | None = None
+    last_log: str | None = Field(default=None, description="The engine's last log line (secrets scrubbed).")
+    timeline: list[StartupStep] = Field(default_factory=list)
+
+
+class PhaseSeconds(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: str
+    seconds: list[int] = Field(default_factory=list, description="The last starts' durations, oldest first.")
+
+
+class StartupHistory(ApiModel):
+    """How long each phase took in earlier starts of one checkpoint on one kind of volume and accelerator."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    key: str = Field(description="repo@commit on storage class, accelerator.")
+    starts: int = 0
+    phases: list[PhaseSeconds] = Field(default_factory=list)
+
+
+class StartupStatus(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    summary: str | None = Field(default=None, description="The slowest starting replica, e.g. Loading 45% ETA 3m.")
+    replicas: list[ReplicaStartup] = Field(default_factory=list)
+    history: list[StartupHistory] = Field(default_factory=list)
+
+
 class KimiDeploymentStatus(ApiModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -590,3 +643,8 @@ class KimiDeploymentStatus(ApiModel):
     plan: PlanStatus | None = None
     autoscaler: AutoscalerStatus | None = None
     gateway: GatewayStatus | None = None
+    startup: StartupStatus | None = None
+    state: str | None = Field(
+        default=None,
+        description="STATUS column: the Ready reason, or while a replica starts its phase and progress.",
+    )

@@ -8,11 +8,13 @@ and no events, so an idle KimiDeployment costs zero API writes.
 - `weights_state`: the weights state machine (WeightsState) and the pinned commit.
 - `diff`: desired vs observed children -> applies and deletes (drift compared by value).
 - `status`: conditions, Events, the status patch (through the status models), the gateway's status.
+- `startup`: a starting replica's phase, progress, ETA and stall (status.startup), from its pod and its log.
 - `decide`: the decision itself.
 """
 
 from kimi_operator.reconcile.decide import decide
 from kimi_operator.reconcile.diff import is_subset
+from kimi_operator.reconcile.startup import POLL_SECONDS as STARTUP_POLL_SECONDS
 from kimi_operator.reconcile.status import failing_pod, ready_leaders
 from kimi_operator.reconcile.types import Actions, Event, Observed
 from kimi_operator.reconcile.weights_state import (
@@ -24,6 +26,7 @@ from kimi_operator.reconcile.weights_state import (
 
 __all__ = [
     "FETCH_REQUEUE_SECONDS",
+    "STARTUP_POLL_SECONDS",
     "Actions",
     "Event",
     "Observed",

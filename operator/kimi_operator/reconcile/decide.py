@@ -121,5 +121,5 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
     actions = diff.writes(desired, observed.children, job_key=job_key, retry_job=w.retry_job, keep=keep)
     if not w.ready:
         actions.requeue_after = FETCH_REQUEUE_SECONDS  # progress, retries on time, the volume re-checked
-    serving = status.Serving(spec, p, w, workload_key, switching, replicas, gw)
+    serving = status.Serving(spec, p, w, workload_key, switching, replicas, gw, config.startup_stall_seconds)
     return status.serving_status(observed, serving, actions, now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kimi_operator import gateway, render
+from kimi_operator import gateway, planner, render
 from kimi_operator.api.models import (
     AutoscalerStatus,
     Condition,
@@ -19,9 +19,11 @@ from kimi_operator.api.models import (
 from kimi_operator.api.resource import KimiDeployment
 from kimi_operator.engine import sglang
 from kimi_operator.planner import Plan
-from kimi_operator.reasons import FAILING_CONTAINER_REASONS, Reason
+from kimi_operator.reasons import FAILING_CONTAINER_REASONS, STARTUP_PHASES, Reason
+from kimi_operator.reconcile import startup
 from kimi_operator.reconcile.types import Actions, ChildKey, Event, Manifest, Observed, key_of
 from kimi_operator.reconcile.weights_state import Weights
+from kimi_operator.timeutil import parse_rfc3339
 from kimi_operator.weights import COMMIT_RE
 
 CONDITION_TYPES = ("WeightsReady", "Available", "Progressing", "Ready", "ScalingActive")
@@ -66,9 +68,14 @@ def events(old: list[Condition], new: list[Condition]) -> list[Event]:
             continue
         if cond.type == "Progressing" and cond.status == "False" and cond.reason == Reason.COMPLETE:
             continue
+        if cond.type == "Progressing" and Reason.of(cond.reason) in _STARTUP_REASONS:
+            continue  # the startup's own Events say each phase change, with the replica
         warning = (Reason.of(cond.reason) or Reason.READY).warning
         out.append(Event("Warning" if warning else "Normal", cond.reason, f"{cond.type}={cond.status}: {cond.message}"))
     return out[::-1]
+
+
+_STARTUP_REASONS = frozenset(STARTUP_PHASES) | {Reason.STARTUP_FAILED}
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -231,6 +238,7 @@ class Serving:
     switching: bool  # the other workload kind is still draining
     replicas: int  # desired: the autoscaler's count when it is on, else spec.replicas
     gateway: gateway.ServiceDecision  # where the Service points, and whether the gateway's objects stay
+    stall_seconds: float = 300.0  # the shortest quiet time in a startup phase that counts as stalled
 
 
 def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -> Actions:
@@ -270,6 +278,19 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
     else:
         available = condition("Available", False, Reason.NO_REPLICA_READY, "no replica is serving yet", generation, now)
 
+    starts = None
+    if weights.ready and not s.switching:
+        key = startup.history_key(p.repo, p.revision, spec.weights.storage_class_name, p.accelerator)
+        starts = startup.startup(
+            observed.pods,
+            observed.engine_logs,
+            kd.status.startup,
+            key,
+            planner.startup_estimates(p),
+            s.stall_seconds,
+            parse_rfc3339(now),
+        )
+    slowest = starts.slowest if starts is not None else None
     unschedulable = _unschedulable(observed.pods)
     replica_failure = _replica_failure(dep)
     failing = failing_pod(observed.pods) or (None if weights.ready else failing_pod(observed.fetch_pods))
@@ -311,11 +332,17 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         reason, msg = Reason.UNSCHEDULABLE, f"serving pods cannot be scheduled: {unschedulable}"
     elif updated < desired or dep_changing or not dep_current:
         reason, msg = Reason.ROLLING_OUT, f"{updated}/{desired} replicas run the current spec, {ready} ready"
+    elif starts is not None and starts.stalled is not None:
+        r = starts.stalled
+        reason, msg = (
+            Reason.STARTUP_STALLED,
+            f"replica {r.pod}: {r.message}; last log line: {r.last_log or '(none)'} (docs/startup.md)",
+        )
     else:
         reason, msg = (
             Reason.LOADING,
             (
-                f"{ready}/{desired} replicas ready; the rest are loading weights (startup budget "
+                f"{ready}/{desired} replicas ready; the rest are starting (startup budget "
                 f"{p.startup_budget_seconds // 60} min)"
             ),
         )
@@ -328,12 +355,18 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         Reason.REVISION_NOT_FOUND,
         Reason.APPLY_FAILED,
         Reason.FAILED_CREATE,
+        Reason.STARTUP_STALLED,
     )
+    progress_reason, progress_msg = (Reason.COMPLETE if done else reason), msg
+    if reason is Reason.LOADING and slowest is not None:  # the least advanced replica's phase
+        progress_reason = Reason.of(slowest.phase) or Reason.LOADING
+        eta = f", ready in about {startup.ago(slowest.eta_seconds)}" if slowest.eta_seconds else ""
+        progress_msg = f"replica {slowest.pod}: {slowest.message}{eta}"
     progressing = condition(
         "Progressing",
         not done and not stalled and reason not in FAILING_CONTAINER_REASONS,
-        Reason.COMPLETE if done else reason,
-        msg,
+        progress_reason,
+        progress_msg,
         generation,
         now,
     )
@@ -375,6 +408,17 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         weights=WeightsStatus(**weights_fields),
         plan=plan_status(p),
         gateway=gateway_status(observed, spec, name, names.service, s.gateway),
+        startup=starts.status if starts is not None else kd.status.startup,
+        state=starts.status.summary
+        if starts is not None and starts.status is not None and starts.starting and reason is Reason.LOADING
+        else str(reason),
         conditions=conditions,
     )
-    return finish(kd, computed, actions)
+    actions = finish(kd, computed, actions)
+    if starts is not None:
+        if actions.status is not None:
+            actions.events.extend(starts.events)
+            actions.phase_seconds.extend((str(phase), seconds) for phase, seconds in starts.finished)
+        if starts.starting:
+            actions.requeue_after = min(t for t in (actions.requeue_after, startup.POLL_SECONDS) if t > 0)
+    return actions

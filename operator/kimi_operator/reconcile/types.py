@@ -31,6 +31,7 @@ class Actions:
     events: list[Event] = field(default_factory=list)
     explanation: list[str] = field(default_factory=list)
     requeue_after: float = 0.0  # look again this soon even without an event (download progress, retry backoff)
+    phase_seconds: list[tuple[str, float]] = field(default_factory=list)  # startup phases of replicas now Ready
 
     @property
     def writes(self) -> int:
@@ -47,6 +48,7 @@ class Observed:
     lws_installed: bool = True
     fetch_pods: list[Manifest] = field(default_factory=list)
     fetch_logs: dict[str, str] = field(default_factory=dict)  # running fetch pod name -> the tail of its log
+    engine_logs: dict[str, str] = field(default_factory=dict)  # starting leader pod -> its log tail (timestamped)
     resolved_commit: str | None = None  # the Hub's answer for spec.model.revision (None: unknown)
     draft_commit: str | None = None  # the Hub's answer for the draft model's main branch, when there is one
     resolve_error: str = ""
