@@ -137,7 +137,8 @@ def _fetch_log_tails(kube: Kube, namespace: str, name: str, fetch_pods: list[Man
 ENGINE_LOG_LINES = 300  # SGLang's startup prints a few hundred lines; the phase is in the last of its markers
 ENGINE_LOG_BYTES = 128 << 10
 ENGINE_LOG_RETRY_SECONDS = 30.0  # a node that served no log (a simulated node) is asked again this late
-_engine_logs: dict[Key, dict[str, tuple[float, str, str]]] = {}  # KD -> pod -> (read at, container run, tail)
+# KD -> pod -> (read at, container run, tail or None when the node served no log)
+_engine_logs: dict[Key, dict[str, tuple[float, str, str | None]]] = {}
 
 
 def _starting_leaders(pods: list[Manifest]) -> list[tuple[str, str]]:
@@ -174,10 +175,11 @@ def _engine_log_tails(kube: Kube, namespace: str, name: str, pods: list[Manifest
     for pod, run in starting:
         cached = cache.get(pod)
         if cached is not None and cached[1] == run:
-            wait = reconcile.STARTUP_POLL_SECONDS if cached[2] else ENGINE_LOG_RETRY_SECONDS
+            wait = reconcile.STARTUP_POLL_SECONDS if cached[2] is not None else ENGINE_LOG_RETRY_SECONDS
             if now - cached[0] < wait:
-                out[pod] = cached[2]
+                out[pod] = cached[2] or ""
                 continue
+        tail: str | None
         try:
             tail = kube.pod_log_tail(
                 namespace,
@@ -189,9 +191,9 @@ def _engine_log_tails(kube: Kube, namespace: str, name: str, pods: list[Manifest
             )
         except KubeError as err:
             log.debug("%s/%s: no log from engine pod %s: %s", namespace, name, pod, err)
-            tail = ""
+            tail = None  # not the same as an empty log (an engine that has printed nothing yet is read again soon)
         cache[pod] = (now, run, tail)
-        out[pod] = tail
+        out[pod] = tail or ""
     return out
 
 

@@ -11,6 +11,7 @@ checkpoint on the host at the real node's bridge address, throttled where a test
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -91,6 +92,7 @@ def fetch_operator(
             "KIMI_OPERATOR_IMAGE": images["operator"],
             "KIMI_ENGINE_IMAGE": images["standin-engine"],
             "KIMI_VOLUME_GRACE_SECONDS": "3",
+            "KIMI_STARTUP_STALL_SECONDS": "5",  # the stall test's load stalls for 20 s, not 5 min
         },
     )
     proc.start()
@@ -500,3 +502,78 @@ def test_a_re_created_volume_and_an_emptied_snapshot_are_downloaded_again_before
     check = weights_check(pod)
     log(f"weights-check restarts before the snapshot was whole again: {check.get('restartCount')}")
     assert check.get("state", {}).get("terminated", {}).get("exitCode") == 0, check
+
+
+# -- the startup you can watch ----------------------------------------------------------------------------------
+def engine_env(**values: str | int) -> list[dict[str, str]]:
+    return [{"name": f"KIMI_STANDIN_{k.upper()}", "value": str(v)} for k, v in values.items()]
+
+
+def startup_column(env: Env, name: str) -> str:
+    out = env.run("get", "kimideployment", name, "--no-headers", "-o", "custom-columns=S:.status.state").stdout
+    return out.strip()
+
+
+def test_the_startup_phases_progress_and_eta_show_in_kubectl_get_and_a_stalled_load_is_reported(
+    env: Env, fresh_hub: HubStandIn, real_node: NodeHandle
+) -> None:
+    """The stand-in engine (TEST DOUBLE) prints the pinned SGLang's own startup lines over a simulated 15 s load of 6
+    shards and 8 s of graph capture; the operator reads them through pods/log from the real kubelet.
+
+    The shard bar is printed one line per shard (KIMI_STANDIN_PROGRESS=lines): containerd writes a line to the CRI
+    log only when it ends, so a bar redrawn with a carriage return, as tqdm draws SGLang's, reaches pods/log when the
+    load ends (measured here: the operator saw only "Loading 100%")."""
+    volume(env, "watch-weights")
+    load = {"load_seconds": 15, "shards": 6, "capture_seconds": 8, "progress": "lines"}
+    env.apply(kd("watch", **spec(engine={"env": engine_env(**load)})))
+    env.wait_condition("watch", "WeightsReady", "True", timeout=180)
+    seen: list[tuple[float, str, str, int | None, int | None]] = []  # (t, phase, STATUS column, percent, eta)
+    t0 = time.monotonic()
+
+    def watch() -> bool | NotYet:
+        st = env.get("watch").get("status") or {}
+        replicas = (st.get("startup") or {}).get("replicas") or []
+        column = startup_column(env, "watch")
+        if replicas:
+            r = replicas[0]
+            seen.append((time.monotonic() - t0, r["phase"], column, r.get("percent"), r.get("etaSeconds")))
+        ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+        return ready.get("status") == "True" or NotYet(seen[-3:])
+
+    wait_for(watch, 180, "Ready while watching status.startup and the STATUS column", interval=0.5)
+    phases = [p for _, p, _, _, _ in seen]
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    log(f"phases seen in order: {order}; STATUS column values: {sorted({c for _, _, c, _, _ in seen})}")
+    assert "LoadingWeights" in order and "CapturingGraphs" in order, seen
+    assert order.index("LoadingWeights") < order.index("CapturingGraphs"), order
+    assert any(c.startswith("Capturing graphs") for _, _, c, _, _ in seen), seen
+    percents = [pct for _, p, _, pct, _ in seen if p == "LoadingWeights" and pct is not None]
+    log(f"load percentages seen: {sorted(set(percents))}")
+    assert any(0 < pct < 100 for pct in percents), f"no shard progress read from the engine's log: {seen}"
+    assert any(c.startswith("Loading ") and "%" in c for _, _, c, _, _ in seen), seen
+    etas = [(t, eta) for t, p, _, _, eta in seen if p == "LoadingWeights" and eta is not None]
+    assert any(b[1] < a[1] for a, b in itertools.pairwise(etas)), f"the ETA never fell: {etas}"
+
+    events = [e for e in env.items("Event") if e["involvedObject"].get("name") == "watch"]
+    reasons = [e["reason"] for e in events]
+    for phase in ("LoadingWeights", "CapturingGraphs"):
+        assert reasons.count(phase) == 1, f"one {phase} Event per phase change: {reasons}"
+    ready_events = [e["message"] for e in events if e["reason"] == "Ready" and e["message"].startswith("replica ")]
+    assert len(ready_events) == 1 and "Ready after" in ready_events[0], ready_events
+    history = env.get("watch")["status"]["startup"]["history"]
+    (h,) = history
+    took = {p["phase"]: p["seconds"] for p in h["phases"]}
+    log(f"history after the first start: {took}")
+    assert h["starts"] == 1 and 13 <= took["LoadingWeights"][0] <= 40 and 6 <= took["CapturingGraphs"][0] <= 20, took
+    assert startup_column(env, "watch") == "Ready"
+
+    # the same checkpoint again, its load stalling after shard 2 of 6: no progress for longer than history allows
+    stalled = {**load, "stall_at_shard": 2}
+    env.apply(kd("watch", **spec(engine={"env": engine_env(**stalled)})))
+    ready = env.wait_condition("watch", "Ready", "False", "StartupStalled", timeout=240)
+    log(f"stalled: {ready['message']}")
+    assert "no progress in LoadingWeights" in ready["message"] and "earlier starts took at most" in ready["message"]
+    assert "in LoadingWeights at 2/6 (33%)" in ready["message"], ready["message"]  # where the bar stopped
+    assert startup_column(env, "watch").startswith("Stalled: Loading 33%")
+    warnings = [(e["type"], e["reason"]) for e in env.items("Event") if e["involvedObject"].get("name") == "watch"]
+    assert ("Warning", "StartupStalled") in warnings, warnings

@@ -206,7 +206,8 @@ def test_no_progress_for_longer_than_earlier_starts_allow_is_a_stall_with_the_la
     assert quiet.stalled is None, "70 s quiet: history says loading took 70 s, twice that is allowed"
     stuck = run([pod("kd-1")], {"kd-1": log}, quiet.status, now=200, floor=5)
     assert stuck.stalled is not None and stuck.stalled.stalled
-    assert "no progress in LoadingWeights for 3m00s (earlier starts took at most 1m10s)" in str(stuck.stalled.message)
+    message = str(stuck.stalled.message)
+    assert "no progress in LoadingWeights at 3/8 (37%) for 3m00s (earlier starts took at most 1m10s)" in message
     assert stuck.stalled.last_log is not None and "3/8" in stuck.stalled.last_log
     assert "hf_abcdef" not in stuck.stalled.last_log
     assert stuck.status is not None and stuck.status.summary == "Stalled: Loading 37%"
@@ -260,7 +261,7 @@ def test_a_stalled_start_is_a_warning_and_ready_says_which_phase_and_the_last_li
     ready = _cond(s, "Ready")
     assert ready["reason"] == "StartupStalled", ready
     assert "no progress in LoadingWeights" in ready["message"] and "3/8" in ready["message"], ready["message"]
-    assert s.body["status"]["state"] == "StartupStalled"
+    assert s.body["status"]["state"] == "Stalled: Loading 37%"
     warnings = [(t, r) for t, r, _ in s.kube.recorded_events("kd") if r == "StartupStalled"]
     assert warnings == [("Warning", "StartupStalled")]
 
@@ -280,3 +281,39 @@ def test_once_ready_the_log_is_not_read_and_the_history_stays() -> None:
     assert st["state"] == "Ready" and not st["startup"].get("replicas"), st["startup"]
     assert st["startup"]["history"][0]["starts"] == 1
     assert ("ns", "kd") not in controller._engine_logs
+
+
+def test_phases_entered_in_the_same_second_are_each_one_step_and_one_event() -> None:
+    same = pod(scheduled=0, init_done=0, started=None)  # Pending, Scheduled, PullingImage all at T0
+    first = run([same], {}, None, now=1)
+    assert first.slowest is not None
+    assert [s.phase for s in first.slowest.timeline] == ["Pending", "Scheduled", "PullingImage"]
+    again = run([same], {}, first.status, now=2)
+    assert again.slowest is not None and again.slowest.timeline == first.slowest.timeline
+    assert again.events == [], "a step already in the timeline is not a phase change"
+
+
+def test_an_engine_that_has_logged_nothing_yet_is_read_again_soon_a_node_without_logs_later() -> None:
+    s = _serving()
+    s.set_spec(replicas=2)
+    s.step()
+    s.deployment_ready(1)
+    _starting(s, "")  # the container just started: an empty log, not a node that serves none
+    s.step(now=at(11))
+    cache = controller._engine_logs[("ns", "kd")]
+    read_at, run_id, tail = cache["kd-0"]
+    assert tail == ""
+    s.kube.set_log("kd-0", "sglang", line(12, "[TP0] Capture target decode CUDA graph begin."))
+    cache["kd-0"] = (read_at - startup.POLL_SECONDS, run_id, tail)  # one poll interval later
+    s.step(now=at(20))
+    assert s.body["status"]["startup"]["replicas"][0]["phase"] == "CapturingGraphs"
+
+    s.kube.logs.clear()  # now the node serves no log: not asked again for ENGINE_LOG_RETRY_SECONDS
+    cache["kd-0"] = (read_at - startup.POLL_SECONDS, run_id, cache["kd-0"][2])
+    s.step(now=at(25))
+    read_at, _, tail = cache["kd-0"]
+    assert tail is None
+    cache["kd-0"] = (read_at - startup.POLL_SECONDS, run_id, None)
+    s.kube.set_log("kd-0", "sglang", line(26, "[TP0] The server is fired up and ready to roll!"))
+    s.step(now=at(27))
+    assert cache["kd-0"][2] is None, "a node that served no log is asked again only after the retry interval"

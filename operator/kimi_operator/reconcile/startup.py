@@ -284,11 +284,14 @@ def replica(
     if failed:
         candidates.append((Reason.STARTUP_FAILED, now))
     timeline = list(previous.timeline) if previous is not None else []
+    known = {(s.phase, s.since) for s in timeline}
     last_t = parse_rfc3339(timeline[-1].since) if timeline else 0.0
-    for phase, t in sorted(candidates, key=lambda c: c[1]):
-        if t <= 0 or (timeline and (phase == timeline[-1].phase or t < last_t)):
-            continue
-        timeline.append(StartupStep(phase=str(phase), since=stamp(t)))
+    for phase, t in sorted(candidates, key=lambda c: c[1]):  # stable: steps of one second keep their order
+        step = StartupStep(phase=str(phase), since=stamp(t))
+        if t <= 0 or (step.phase, step.since) in known or t < last_t or (timeline and phase == timeline[-1].phase):
+            continue  # already in the timeline, older than its last step, or no change
+        timeline.append(step)
+        known.add((step.phase, step.since))
         last_t = t
     timeline = timeline[-TIMELINE_STEPS:]
     if not timeline:  # no usable timestamp at all
@@ -316,7 +319,8 @@ def replica(
         quiet = now - progress_at
         if quiet > allowed:
             stalled = True
-            detail = f"no progress in {phase} for {ago(quiet)} ({why})"
+            at = f" at {progress} ({percent}%)" if progress else ""
+            detail = f"no progress in {phase}{at} for {ago(quiet)} ({why})"
     if failed:
         message = failed
     elif stalled or reading.steps:

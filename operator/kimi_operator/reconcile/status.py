@@ -410,7 +410,10 @@ def serving_status(observed: Observed, s: Serving, actions: Actions, now: str) -
         gateway=gateway_status(observed, spec, name, names.service, s.gateway),
         startup=starts.status if starts is not None else kd.status.startup,
         state=starts.status.summary
-        if starts is not None and starts.status is not None and starts.starting and reason is Reason.LOADING
+        if starts is not None
+        and starts.status is not None
+        and starts.starting
+        and reason in (Reason.LOADING, Reason.STARTUP_STALLED)
         else str(reason),
         conditions=conditions,
     )
