@@ -524,7 +524,7 @@ def test_the_startup_phases_progress_and_eta_show_in_kubectl_get_and_a_stalled_l
     log only when it ends, so a bar redrawn with a carriage return, as tqdm draws SGLang's, reaches pods/log when the
     load ends (measured here: the operator saw only "Loading 100%")."""
     volume(env, "watch-weights")
-    load = {"load_seconds": 15, "shards": 6, "capture_seconds": 8, "progress": "lines"}
+    load: dict[str, str | int] = {"load_seconds": 15, "shards": 6, "capture_seconds": 8, "progress": "lines"}
     env.apply(kd("watch", **spec(engine={"env": engine_env(**load)})))
     env.wait_condition("watch", "WeightsReady", "True", timeout=180)
     seen: list[tuple[float, str, str, int | None, int | None]] = []  # (t, phase, STATUS column, percent, eta)
@@ -537,7 +537,7 @@ def test_the_startup_phases_progress_and_eta_show_in_kubectl_get_and_a_stalled_l
         if replicas:
             r = replicas[0]
             seen.append((time.monotonic() - t0, r["phase"], column, r.get("percent"), r.get("etaSeconds")))
-        ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+        ready: dict[str, Any] = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
         return ready.get("status") == "True" or NotYet(seen[-3:])
 
     wait_for(watch, 180, "Ready while watching status.startup and the STATUS column", interval=0.5)
@@ -568,7 +568,7 @@ def test_the_startup_phases_progress_and_eta_show_in_kubectl_get_and_a_stalled_l
     assert startup_column(env, "watch") == "Ready"
 
     # the same checkpoint again, its load stalling after shard 2 of 6: no progress for longer than history allows
-    stalled = {**load, "stall_at_shard": 2}
+    stalled: dict[str, str | int] = {**load, "stall_at_shard": 2}
     env.apply(kd("watch", **spec(engine={"env": engine_env(**stalled)})))
     ready = env.wait_condition("watch", "Ready", "False", "StartupStalled", timeout=240)
     log(f"stalled: {ready['message']}")
@@ -577,3 +577,43 @@ def test_the_startup_phases_progress_and_eta_show_in_kubectl_get_and_a_stalled_l
     assert startup_column(env, "watch").startswith("Stalled: Loading 33%")
     warnings = [(e["type"], e["reason"]) for e in env.items("Event") if e["involvedObject"].get("name") == "watch"]
     assert ("Warning", "StartupStalled") in warnings, warnings
+
+
+# -- a misconfigured pod reaches the user ------------------------------------------------------------------------
+def test_a_missing_token_secret_is_reported_at_once_and_creating_it_lets_the_download_run(env: Env) -> None:
+    """The kubelet cannot start the fetch container (CreateContainerConfigError): Ready says so, naming the Secret."""
+    volume(env, "nosecret-weights")
+    t0 = time.monotonic()
+    env.apply(kd("nosecret", **spec(model={"tokenSecretRef": {"name": "no-such-token", "key": "token"}})))
+    ready = env.wait_condition("nosecret", "Ready", "False", "CreateContainerConfigError", timeout=120)
+    seen_after = time.monotonic() - t0
+    log(f"missing token Secret: Ready=False CreateContainerConfigError {seen_after:.1f}s after kubectl apply")
+    assert 'secret "no-such-token" not found' in ready["message"], ready["message"]
+    assert "will not recover by itself" in ready["message"]
+    warnings = [(e["type"], e["reason"]) for e in env.items("Event") if e["involvedObject"].get("name") == "nosecret"]
+    assert ("Warning", "CreateContainerConfigError") in warnings, warnings
+    env.run("create", "secret", "generic", "no-such-token", "--from-literal=token=hf_testbed_token_value")
+    env.wait_condition("nosecret", "WeightsReady", "True", timeout=180)
+
+
+def test_an_engine_image_that_cannot_be_pulled_is_reported_and_a_fixed_image_goes_ready(
+    env: Env, images: dict[str, str]
+) -> None:
+    """No registry is reachable from this machine: the real kubelet's pull fails (ErrImagePull, ImagePullBackOff)."""
+    volume(env, "nopull-weights")
+    env.apply(kd("nopull", **spec(engine={"image": "kimi-operator.local/no-such-engine:1"})))
+    env.wait_condition("nopull", "WeightsReady", "True", timeout=180)
+    t0 = time.monotonic()
+
+    def pull_failed() -> dict[str, Any] | NotYet:
+        ready = env.condition("nopull", "Ready") or {}
+        if ready.get("reason") in ("ErrImagePull", "ImagePullBackOff"):
+            return ready
+        return NotYet(ready)
+
+    ready = wait_for(pull_failed, 120, "Ready=False ErrImagePull or ImagePullBackOff for the engine pod")
+    log(f"unpullable engine image: Ready=False {ready['reason']} {time.monotonic() - t0:.1f}s after WeightsReady")
+    assert "kimi-operator.local/no-such-engine:1" in ready["message"], ready["message"]
+    assert ready["status"] == "False"
+    env.apply(kd("nopull", **spec(engine={"image": images["standin-engine"]})))
+    env.wait_condition("nopull", "Ready", "True", "Ready", timeout=180)

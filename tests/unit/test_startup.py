@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kimi_operator import controller, render
+from kimi_operator import controller, metrics, render
 from kimi_operator.api.models import StartupStatus
 from kimi_operator.reasons import Reason
 from kimi_operator.reconcile import startup
@@ -317,3 +317,20 @@ def test_an_engine_that_has_logged_nothing_yet_is_read_again_soon_a_node_without
     s.kube.set_log("kd-0", "sglang", line(26, "[TP0] The server is fired up and ready to roll!"))
     s.step(now=at(27))
     assert cache["kd-0"][2] is None, "a node that served no log is asked again only after the retry interval"
+
+
+def test_the_phases_of_a_replica_that_went_ready_are_observed_in_the_histogram() -> None:
+    def count(phase: str) -> float:
+        return metrics.STARTUP_PHASE_SECONDS.labels(phase=phase)._sum.get()  # type: ignore[no-any-return]
+
+    before = count("LoadingWeights")
+    s = _serving()
+    s.set_spec(replicas=2)
+    s.step()
+    s.deployment_ready(1)
+    _starting(s, line(10, "[TP0] Load weight begin."))
+    s.step(now=at(40))
+    s.pods = [pod(ready=70)]
+    s.deployment_ready(2)
+    s.step(now=at(75))
+    assert count("LoadingWeights") - before == 60  # started at 10 s, Ready at 70 s

@@ -100,7 +100,8 @@ field manager kimi-operator). Used by the ClusterRole, or by a Role per watched 
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# The weights fetch pod prints its progress to its log; the operator reads the tail (the pod has no API access).
+# The weights fetch pod prints its progress to its log, and a starting engine its startup lines (until it is Ready);
+# the operator reads bounded tails (the fetch pod has no API access).
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
