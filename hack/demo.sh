@@ -126,7 +126,11 @@ topo.setdefault("tolerations", []).append(
     {"key": "kimi-testbed.dev/node-kind", "operator": "Equal", "value": "real", "effect": "NoSchedule"})
 topo.setdefault("nodeSelector", {})["kimi-testbed.dev/node-kind"] = "real"
 engine = obj["spec"].setdefault("engine", {})
-engine.setdefault("env", []).append({"name": "KIMI_STANDIN_LOAD_SECONDS", "value": sys.argv[2]})
+engine.setdefault("env", []).extend([
+    {"name": "KIMI_STANDIN_LOAD_SECONDS", "value": sys.argv[2]},
+    {"name": "KIMI_STANDIN_CAPTURE_SECONDS", "value": "6"},
+    {"name": "KIMI_STANDIN_PROGRESS", "value": "lines"},
+])
 print(yaml.safe_dump(obj, sort_keys=False))
 PYEOF
 diff <(grep -v '^#' "$EXAMPLE" | "$PY" -c 'import sys,yaml; print(yaml.safe_dump(yaml.safe_load(sys.stdin), sort_keys=False))') \
@@ -134,8 +138,10 @@ diff <(grep -v '^#' "$EXAMPLE" | "$PY" -c 'import sys,yaml; print(yaml.safe_dump
 T_APPLY=$SECONDS
 k apply -f "$DIR/example.yaml"
 sim "SGLang: the serving pod runs the standin-engine image (a TEST DOUBLE), simulating a ${LOAD_SECONDS} s weight load"
+sim "  and 6 s of CUDA graph capture, printing SGLang's own startup lines (the shard bar one line per shard: SGLang's"
+sim "  tqdm redraws reach the log only when the load ends); STATUS shows the phase, progress and ETA it reads"
 
-say "5/6 kubectl get kd $KD_NAME, every 2 s: WEIGHTS climbs as bytes land on the volume, then the engine loads"
+say "5/6 kubectl get kd $KD_NAME, every 2 s: WEIGHTS climbs as bytes land on the volume, then STATUS follows the engine's start"
 k get kd "$KD_NAME" | sed -n '1s/^/         /p'  # sed reads it all: head would close the pipe (SIGPIPE, exit 141 under pipefail)
 last="" ready="" t_weights=""
 for _ in $(seq 1 200); do

@@ -334,3 +334,15 @@ def test_the_phases_of_a_replica_that_went_ready_are_observed_in_the_histogram()
     s.deployment_ready(2)
     s.step(now=at(75))
     assert count("LoadingWeights") - before == 60  # started at 10 s, Ready at 70 s
+
+
+def test_only_leader_pods_are_replicas_and_a_deleted_pod_is_dropped_without_history() -> None:
+    worker = pod("kd-0-1")
+    worker["metadata"]["labels"] = {render.COMPONENT_LABEL: "worker"}  # an LWS worker: its leader speaks for it
+    leader = pod("kd-0")
+    seen = run([leader, worker], {}, None, now=20)
+    assert seen.status is not None and [r.pod for r in seen.status.replicas] == ["kd-0"]
+    leader["metadata"]["deletionTimestamp"] = at(21)
+    gone = run([leader, worker], {}, seen.status, now=22)
+    assert gone.status is None or (not gone.status.replicas and not gone.status.history), gone.status
+    assert gone.events == [] and gone.finished == []
