@@ -73,6 +73,19 @@ class Reason(StrEnum):
     NO_READY_REPLICAS = "NoReadyReplicas"
     SCALED_UP = "ScaledUp"
     SCALED_DOWN = "ScaledDown"
+    # -- the autoscaler policy's decision words (status.autoscaler.lastDecision is "<word>: <why>")
+    SCALE_UP = "ScaleUp"
+    SCALE_DOWN = "ScaleDown"
+    BELOW_MIN = "BelowMin"
+    ABOVE_MAX = "AboveMax"
+    WAITING_FOR_STARTING_REPLICAS = "WaitingForStartingReplicas"
+    QUEUE_ABOVE_TARGET = "QueueAboveTarget"
+    CAPACITY_ON_THE_WAY = "CapacityOnTheWay"
+    IDLE_REPLICAS = "IdleReplicas"
+    WITHIN_TARGET = "WithinTarget"
+    STABILIZING_UP = "StabilizingUp"
+    STABILIZING_DOWN = "StabilizingDown"
+    AT_MAX_REPLICAS = "AtMaxReplicas"
 
     @property
     def warning(self) -> bool:

@@ -184,6 +184,13 @@ def _render(template: str, ctx: dict[str, Any]) -> Manifest:
     return out
 
 
+def _gateway_resources(spec: KimiDeploymentSpec) -> dict[str, Any]:
+    """spec.gateway.resources as a core/v1 ResourceRequirements (empty maps left out), else the gateway's default."""
+    given = spec.gateway.resources
+    wanted = {k: v for k, v in given.wire().items() if v} if given is not None else {}
+    return wanted or gateway.DEFAULT_RESOURCES
+
+
 def _resources(plan: Plan, spec: KimiDeploymentSpec, node_allocatable: tuple[int, int] | None) -> dict[str, Any]:
     """GPUs from the plan; CPU and memory requests sized from the node unless engine.resources sets them (an engine
     pod without them is best-effort: first to be evicted under node pressure)."""
@@ -322,7 +329,7 @@ def _gateway_context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config:
         "env": gateway.api_key_env(spec),
         "http_port": gateway.HTTP_PORT,
         "metrics_port": gateway.METRICS_PORT,
-        "resources": spec.gateway.resources or gateway.DEFAULT_RESOURCES,
+        "resources": _gateway_resources(spec),
         "metrics_from": np.metrics_from if np.metrics_from is not None else gateway.default_metrics_peers(),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kimi_operator.autoscaler.policy import Config, Decision, Observation, ReplicaLoad, State, decide, deletion_costs
+from kimi_operator.reasons import Reason
 
 CFG = Config(
     min_replicas=1,
@@ -150,3 +151,11 @@ def test_max_replicas_caps_a_huge_queue() -> None:
         "WithinTarget",
         "QueueAboveTarget",
     )
+
+
+def test_every_decision_word_is_a_reason() -> None:
+    """The words in status.autoscaler.lastDecision come from kimi_operator.reasons, like every other reason."""
+    hist = run(lambda t, n: loads(n, 0 if t < 60 or t > 400 else 48), 1200) + run(lambda t, n: (), 60)
+    words = {d.reason for _, d in hist}
+    assert all(isinstance(w, Reason) for w in words), words
+    assert {Reason.SCALE_UP, Reason.STABILIZING_UP, Reason.WITHIN_TARGET, Reason.NO_READY_REPLICAS} <= words, words

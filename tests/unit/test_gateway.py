@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from kimi_operator import gateway, render
 from kimi_operator.api.models import KimiDeploymentSpec
@@ -212,3 +213,23 @@ def test_service_target_never_leaves_the_service_without_backends(
 ) -> None:
     decision = gateway.service_target(wanted, ready, current)
     assert (decision.target, decision.keep_gateway) == (target, keep)
+
+
+@pytest.mark.parametrize(
+    ("resources", "want"),
+    [
+        (None, {"requests": {"cpu": "1", "memory": "1Gi"}}),
+        ({"requests": {"cpu": "2"}}, {"requests": {"cpu": "2"}}),
+        ({"limits": {"memory": "2Gi"}}, {"limits": {"memory": "2Gi"}}),
+    ],
+)
+def test_gateway_resources_are_a_typed_resource_requirements(resources: Any, want: dict[str, Any]) -> None:
+    gw: dict[str, Any] = {"enabled": True} | ({"resources": resources} if resources is not None else {})
+    dep = _render({"replicas": 2, "gateway": gw})[("Deployment", gateway.names("kd")["gateway"])]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"] == want
+
+
+@pytest.mark.parametrize("bad", [{"requests": "lots"}, {"requests": {"cpu": "lots"}}, {"limits": {"gpu": []}}])
+def test_a_gateway_resources_value_that_is_no_quantity_is_refused_at_admission(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        KimiDeploymentSpec.model_validate({"gateway": {"resources": bad}})

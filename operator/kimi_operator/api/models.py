@@ -427,7 +427,7 @@ class GatewaySpec(ApiModel):
         description="Image with the pinned sglang-router (python3 -m sglang_router). Default: the operator's "
         "gateway image, else the engine image.",
     )
-    resources: dict[str, Any] | None = Field(
+    resources: ResourceRequirements | None = Field(
         default=None,
         description="Requests/limits of the gateway container (core/v1 ResourceRequirements). Default: 1 CPU, "
         "1Gi requested.",

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from kimi_operator.reasons import Reason
+
 
 @dataclass(frozen=True)
 class Config:
@@ -75,7 +77,7 @@ class State:
 @dataclass(frozen=True)
 class Decision:
     desired: int
-    reason: str
+    reason: Reason
     message: str
     queue: float | None
     running: float | None
@@ -83,7 +85,7 @@ class Decision:
 
     @property
     def changed(self) -> bool:
-        return self.reason in ("ScaleUp", "ScaleDown", "BelowMin", "AboveMax")
+        return self.reason in (Reason.SCALE_UP, Reason.SCALE_DOWN, Reason.BELOW_MIN, Reason.ABOVE_MAX)
 
 
 def _window(recs: tuple[tuple[float, int], ...], now: float, seconds: int) -> list[int]:
@@ -97,16 +99,16 @@ def queue_rate(state: State, now: float, queue: float | None) -> float:
     return (queue - state.last_queue[1]) / (now - state.last_queue[0])
 
 
-def recommend(cfg: Config, state: State, obs: Observation, rate: float = 0.0) -> tuple[int, str, str]:
+def recommend(cfg: Config, state: State, obs: Observation, rate: float = 0.0) -> tuple[int, Reason, str]:
     """The raw recommendation (before stabilization and steps) with its reason."""
     current = obs.current
     reachable = [r for r in obs.ready if r.reachable]
     if obs.source_error:
-        return current, "MetricsUnavailable", f"holding at {current}: {obs.source_error}"
+        return current, Reason.METRICS_UNAVAILABLE, f"holding at {current}: {obs.source_error}"
     if not obs.ready:
-        return current, "NoReadyReplicas", f"holding at {current}: no replica is ready to report its queue"
+        return current, Reason.NO_READY_REPLICAS, f"holding at {current}: no replica is ready to report its queue"
     if not reachable:
-        return current, "MetricsUnavailable", f"holding at {current}: no ready replica answered /metrics"
+        return current, Reason.METRICS_UNAVAILABLE, f"holding at {current}: no ready replica answered /metrics"
     queue = sum(r.queue or 0 for r in reachable)
     target = cfg.target_queue_depth
     per_replica = queue / len(reachable)
@@ -121,7 +123,7 @@ def recommend(cfg: Config, state: State, obs: Observation, rate: float = 0.0) ->
             if not growing:
                 return (
                     capacity,
-                    "WaitingForStartingReplicas",
+                    Reason.WAITING_FOR_STARTING_REPLICAS,
                     (
                         f"queue {queue:.0f} ({per_replica:.1f}/replica > target {target}), but {obs.starting} "
                         "replica(s) "
@@ -129,17 +131,17 @@ def recommend(cfg: Config, state: State, obs: Observation, rate: float = 0.0) ->
                     ),
                 )
         if need > capacity:
-            return need, "QueueAboveTarget", f"queue {queue:.0f} is {per_replica:.1f}/replica, target {target}"
+            return need, Reason.QUEUE_ABOVE_TARGET, f"queue {queue:.0f} is {per_replica:.1f}/replica, target {target}"
         return (
             capacity,
-            "CapacityOnTheWay",
+            Reason.CAPACITY_ON_THE_WAY,
             (f"queue {queue:.0f} is {per_replica:.1f}/replica; {obs.starting} starting replica(s) cover it"),
         )
     if queue <= target * (cfg.tolerance_percent / 100) * len(reachable):
         idle = sum(1 for r in reachable if r.idle)
         if idle:
-            return max(capacity - idle, 0), "IdleReplicas", f"queue {queue:.0f}; {idle} replica(s) idle"
-    return capacity, "WithinTarget", f"queue {queue:.0f} is {per_replica:.1f}/replica, target {target}"
+            return max(capacity - idle, 0), Reason.IDLE_REPLICAS, f"queue {queue:.0f}; {idle} replica(s) idle"
+    return capacity, Reason.WITHIN_TARGET, f"queue {queue:.0f} is {per_replica:.1f}/replica, target {target}"
 
 
 def decide(cfg: Config, state: State, obs: Observation) -> Decision:
@@ -159,7 +161,7 @@ def decide(cfg: Config, state: State, obs: Observation) -> Decision:
 
     if current < cfg.min_replicas or current > cfg.max_replicas:
         bounded = max(cfg.min_replicas, min(cfg.max_replicas, current))
-        why = "BelowMin" if current < cfg.min_replicas else "AboveMax"
+        why = Reason.BELOW_MIN if current < cfg.min_replicas else Reason.ABOVE_MAX
         return Decision(
             bounded,
             why,
@@ -185,7 +187,7 @@ def decide(cfg: Config, state: State, obs: Observation) -> Decision:
     if desired > current:
         return Decision(
             desired,
-            "ScaleUp",
+            Reason.SCALE_UP,
             f"{current} -> {desired}: {message}",
             queue,
             running,
@@ -194,18 +196,18 @@ def decide(cfg: Config, state: State, obs: Observation) -> Decision:
     if desired < current:
         return Decision(
             desired,
-            "ScaleDown",
+            Reason.SCALE_DOWN,
             f"{current} -> {desired}: {message}",
             queue,
             running,
             replace(state, last_scale_time=now),
         )
-    if raw > current and up_floor <= current and reason == "QueueAboveTarget":
-        reason, message = "StabilizingUp", f"{message}; waiting {cfg.scale_up_stabilization_seconds}s window"
-    elif raw < current and reason == "IdleReplicas":
-        reason, message = "StabilizingDown", f"{message}; waiting {cfg.scale_down_stabilization_seconds}s window"
-    elif raw >= cfg.max_replicas and reason == "QueueAboveTarget":
-        reason, message = "AtMaxReplicas", f"{message}; at maxReplicas {cfg.max_replicas}"
+    if raw > current and up_floor <= current and reason == Reason.QUEUE_ABOVE_TARGET:
+        reason, message = Reason.STABILIZING_UP, f"{message}; waiting {cfg.scale_up_stabilization_seconds}s window"
+    elif raw < current and reason == Reason.IDLE_REPLICAS:
+        reason, message = Reason.STABILIZING_DOWN, f"{message}; waiting {cfg.scale_down_stabilization_seconds}s window"
+    elif raw >= cfg.max_replicas and reason == Reason.QUEUE_ABOVE_TARGET:
+        reason, message = Reason.AT_MAX_REPLICAS, f"{message}; at maxReplicas {cfg.max_replicas}"
     return Decision(current, reason, message, queue, running, state)
 
 
