@@ -11,8 +11,9 @@ from kubernetes import client
 
 from kimi_testbed.hub import HubStandIn, RepoLayout
 from kimi_testbed.operator_proc import OperatorProcess
+from kimi_testbed.realnode import NodeHandle
 
-from .support import CRD, GROUP, PLURAL, Env, Kubectl
+from .support import CRD, GROUP, PLURAL, Env, Helm, Kubectl, Release
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +70,19 @@ def operator_paused(operator: OperatorProcess) -> Iterator[None]:
         yield
     finally:
         operator.start()
+
+
+@pytest.fixture()
+def release(cluster: Any, kubectl: Kubectl, namespace: str) -> Iterator[Release]:
+    """One release of the chart in the test's namespace, uninstalled at the end of the test."""
+    rel = Release(Helm(Path(cluster.bin_dir) / "helm", Path(cluster.kubeconfig), namespace), kubectl, namespace)
+    try:
+        yield rel
+    finally:
+        rel.cleanup()
+
+
+@pytest.fixture(scope="session")
+def images(real_node: NodeHandle) -> dict[str, str]:
+    """The operator image and the stand-in engine (TEST DOUBLE) on the real node, built if missing and imported."""
+    return {name: real_node.ensure_image(name) for name in ("operator", "standin-engine")}

@@ -16,6 +16,8 @@ from kimi_testbed.wait import NotYet, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kimi-operator.dev_kimideployments.yaml"
+CHART = ROOT / "charts" / "kimi-operator"
+Manifest = dict[str, Any]
 GROUP, VERSION, PLURAL = "kimi-operator.dev", "v1alpha1", "kimideployments"
 
 
@@ -140,3 +142,58 @@ def go_ready(env: Env, name: str, **spec: Any) -> None:
     weights_pv(env.kubectl, env.ns, f"{name}-weights")
     env.apply(kd(name, **spec))
     env.wait_condition(name, "Ready", "True", "Ready", timeout=120)
+
+
+class Helm:
+    def __init__(self, binary: Path, kubeconfig: Path, namespace: str) -> None:
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.binary), "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace, *args]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=150)
+        if check and out.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+
+class Release:
+    """One release of the chart in the test's namespace; uninstalled (and its cluster-scoped leftovers checked
+    away) at the end of the test."""
+
+    def __init__(self, helm: Helm, kubectl: Kubectl, namespace: str) -> None:
+        self.helm = helm
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.name = "k" + namespace.rsplit("-", 1)[-1]  # unique per test: cluster-scoped names derive from it
+        self.fullname = f"{self.name}-kimi-operator"
+        self.installed = False
+
+    def exists(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        args = ["get", kind, name, "--ignore-not-found", "-o", "name"]
+        out = self.kubectl.run(*args, *(["-n", namespace] if namespace else []))
+        return bool(out.stdout.strip())
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Manifest:
+        out = self.kubectl.run("get", kind, name, "-o", "yaml", *(["-n", namespace] if namespace else []))
+        obj: Manifest = yaml.safe_load(out.stdout)
+        return obj
+
+    def install(self, *values: str, chart: Path = CHART) -> None:
+        self.helm.run("install", self.name, str(chart), "--wait", "--timeout", "120s", *values)
+        self.installed = True
+
+    def upgrade(self, *values: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+        return self.helm.run("upgrade", self.name, str(chart), "--wait", "--timeout", "120s", *values)
+
+    def uninstall(self) -> None:
+        if self.installed:
+            self.helm.run("uninstall", self.name, "--wait", "--timeout", "120s")
+            self.installed = False
+
+    def deployment(self) -> Manifest:
+        return self.get("deployment", self.fullname, self.namespace)
+
+    def cleanup(self) -> None:
+        self.uninstall()

@@ -36,81 +36,16 @@ from kimi_operator import kube
 from kimi_testbed.procs import free_port
 from kimi_testbed.wait import NotYet, wait_for
 
-from .support import GROUP, PLURAL, ROOT, Kubectl, kd, weights_pv
+from .support import CHART, GROUP, PLURAL, ROOT, Kubectl, Release, kd, weights_pv
 
 pytestmark = pytest.mark.cluster
 
-CHART = ROOT / "charts" / "kimi-operator"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 GITOPS_MANAGER = "argocd-controller"
 # A pinned commit, as GitOps repositories should have it: the operator needs no Hub to resolve it (the test
 # cluster reaches none) and the simulated fetch Job reports none.
 MODEL = {"repo": "moonshotai/Kimi-K2.5", "revision": "0123456789abcdef0123456789abcdef01234567"}
 Manifest = dict[str, Any]
-
-
-class Helm:
-    def __init__(self, binary: Path, kubeconfig: Path, namespace: str) -> None:
-        self.binary = binary
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(self.binary), "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace, *args]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=150)
-        if check and out.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-        return out
-
-
-class Release:
-    """One release of the chart in the test's namespace; uninstalled (and its cluster-scoped leftovers checked
-    away) at the end of the test."""
-
-    def __init__(self, helm: Helm, kubectl: Kubectl, namespace: str) -> None:
-        self.helm = helm
-        self.kubectl = kubectl
-        self.namespace = namespace
-        self.name = "k" + namespace.rsplit("-", 1)[-1]  # unique per test: cluster-scoped names derive from it
-        self.fullname = f"{self.name}-kimi-operator"
-        self.installed = False
-
-    def exists(self, kind: str, name: str, namespace: str | None = None) -> bool:
-        args = ["get", kind, name, "--ignore-not-found", "-o", "name"]
-        out = self.kubectl.run(*args, *(["-n", namespace] if namespace else []))
-        return bool(out.stdout.strip())
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> Manifest:
-        out = self.kubectl.run("get", kind, name, "-o", "yaml", *(["-n", namespace] if namespace else []))
-        obj: Manifest = yaml.safe_load(out.stdout)
-        return obj
-
-    def install(self, *values: str, chart: Path = CHART) -> None:
-        self.helm.run("install", self.name, str(chart), "--wait", "--timeout", "120s", *values)
-        self.installed = True
-
-    def upgrade(self, *values: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
-        return self.helm.run("upgrade", self.name, str(chart), "--wait", "--timeout", "120s", *values)
-
-    def uninstall(self) -> None:
-        if self.installed:
-            self.helm.run("uninstall", self.name, "--wait", "--timeout", "120s")
-            self.installed = False
-
-    def deployment(self) -> Manifest:
-        return self.get("deployment", self.fullname, self.namespace)
-
-    def cleanup(self) -> None:
-        self.uninstall()
-
-
-@pytest.fixture()
-def release(cluster: Any, kubectl: Kubectl, namespace: str) -> Iterator[Release]:
-    rel = Release(Helm(Path(cluster.bin_dir) / "helm", Path(cluster.kubeconfig), namespace), kubectl, namespace)
-    try:
-        yield rel
-    finally:
-        rel.cleanup()
 
 
 @pytest.fixture()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,11 +30,10 @@ from kubernetes import client
 from kimi_operator import render, weights
 from kimi_testbed.hub import HubStandIn, RepoLayout
 from kimi_testbed.realnode import NODE_KIND_LABEL, REAL_TAINT, NodeHandle
-from kimi_testbed.storage import HOSTPATH_ROOT, node_local_dir, node_local_pv
+from kimi_testbed.storage import node_local_dir, node_local_pv
 from kimi_testbed.wait import NotYet, wait_for
 
-from .support import ROOT, Env, Kubectl
-from .test_helm import Helm, Release
+from .support import ROOT, Env, Kubectl, Release
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.timeout(900)]  # may build images
 
@@ -54,26 +52,11 @@ def log(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def images(real_node: NodeHandle) -> dict[str, str]:
-    return {name: real_node.ensure_image(name) for name in ("operator", "standin-engine")}
-
-
-@pytest.fixture(scope="module")
 def node_hub(real_node: NodeHandle) -> Iterator[HubStandIn]:
     """The Hub stand-in (TEST DOUBLE) at the bridge address: the operator pods and the fetch pod reach it there."""
     hub = HubStandIn(LAYOUT, host=real_node.node_ip, public_host=real_node.node_ip).start()
     yield hub
     hub.stop()
-
-
-@pytest.fixture()
-def release(cluster: Any, kubectl: Kubectl, namespace: str) -> Iterator[Release]:
-    rel = Release(Helm(Path(cluster.bin_dir) / "helm", Path(cluster.kubeconfig), namespace), kubectl, namespace)
-    try:
-        yield rel
-    finally:
-        rel.cleanup()
-        shutil.rmtree(HOSTPATH_ROOT / namespace, ignore_errors=True)
 
 
 def example(name_suffix: str = "") -> dict[str, Any]:

@@ -49,12 +49,6 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def images(real_node: NodeHandle) -> dict[str, str]:
-    """The operator image (it runs `kimi-operator fetch`) and the stand-in engine, built if missing, imported."""
-    return {name: real_node.ensure_image(name) for name in ("operator", "standin-engine")}
-
-
-@pytest.fixture(scope="module")
 def node_hub(real_node: NodeHandle) -> Iterator[HubStandIn]:
     """The Hub stand-in (TEST DOUBLE) on the host, at the real node's bridge address: pods and the operator reach it."""
     hub = HubStandIn(LAYOUT, host=real_node.node_ip, public_host=real_node.node_ip).start()

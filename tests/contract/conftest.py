@@ -106,6 +106,12 @@ def _import_prepare_server_args() -> Callable[[list[str]], Any]:
     return parse
 
 
+def exit_message(stderr: str, exc: SystemExit) -> str:
+    """What sglang said before it exited: argparse's "...: error: ..." line, else its last line on stderr."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if ": error: " in line), lines[-1] if lines else str(exc.code))
+
+
 def parse_with_sglang(prepare_server_args: Callable[[list[str]], Any], argv: list[str]) -> Any:
     """Run sglang's prepare_server_args on argv; raise SGLangParseError with sglang's message on refusal."""
     assert all(isinstance(item, str) for item in argv), f"argv items must be str: {argv!r}"
@@ -114,9 +120,7 @@ def parse_with_sglang(prepare_server_args: Callable[[list[str]], Any], argv: lis
         with contextlib.redirect_stderr(stderr), _keep_root_logging():
             return prepare_server_args(list(argv))
     except SystemExit as exc:  # argparse's parser.error(): usage + "sglang serve: error: ..." on stderr
-        lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
-        message = next((line for line in reversed(lines) if ": error: " in line), "\n".join(lines))
-        raise SGLangParseError(f"{message} (exit {exc.code}); argv: {argv!r}") from None
+        raise SGLangParseError(f"{exit_message(stderr.getvalue(), exc)} (exit {exc.code}); argv: {argv!r}") from None
     except Exception as exc:
         raise SGLangParseError(f"{type(exc).__name__}: {exc}; argv: {argv!r}") from exc
 

@@ -46,7 +46,7 @@ from unittest import mock
 from kimi_operator import catalog
 
 from . import torch_stub
-from .conftest import KIMI_K25_CONFIG, _keep_root_logging
+from .conftest import KIMI_K25_CONFIG, _keep_root_logging, exit_message
 
 # Faithful config.json files, with the fields sglang's configs and hooks read (from each model card's config.json;
 # the vision tower numbers are MoonViT's as sglang's configs/kimi_k25.py defines them).
@@ -260,8 +260,7 @@ def make_resolver(prepare_server_args: Callable[[list[str]], Any], models_root: 
                 with simulated_accelerator(Device.of(accelerator)):
                     args.resolve_once()
         except SystemExit as exc:
-            lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
-            raise SGLangLaunchError(f"{lines[-1] if lines else exc}; argv: {argv!r}") from None
+            raise SGLangLaunchError(f"{exit_message(stderr.getvalue(), exc)}; argv: {argv!r}") from None
         except Exception as exc:
             raise SGLangLaunchError(f"{type(exc).__name__}: {exc}; argv: {argv!r}") from exc
         return resolving_view(args)

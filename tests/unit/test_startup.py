@@ -220,16 +220,22 @@ def test_without_history_the_planner_estimate_and_the_floor_decide_a_stall() -> 
 
 
 # -- through decide ---------------------------------------------------------------------------------------------
+def _second_replica() -> Server:
+    """A KimiDeployment serving one replica, scaled to two: the second one starts."""
+    s = _serving()
+    s.set_spec(replicas=2)
+    s.step()
+    s.deployment_ready(1)
+    return s
+
+
 def _starting(s: Server, log: str, pods: list[dict[str, Any]] | None = None) -> None:
     s.pods = [copy.deepcopy(p) for p in (pods or [pod()])]
     s.kube.set_log("kd-0", "sglang", log)
 
 
 def test_a_starting_replica_shows_in_status_the_status_column_and_progressing() -> None:
-    s = _serving()
-    s.set_spec(replicas=2)
-    s.step()
-    s.deployment_ready(1)
+    s = _second_replica()
     log = line(10, "[TP0] Load weight begin.") + "\n" + line(30, shards(3, 8))
     _starting(s, log, [pod(), {**pod("kd-ready", ready=5)}])
     actions = s.step(now=at(40))
@@ -250,10 +256,7 @@ def test_a_starting_replica_shows_in_status_the_status_column_and_progressing() 
 
 
 def test_a_stalled_start_is_a_warning_and_ready_says_which_phase_and_the_last_line() -> None:
-    s = _serving()
-    s.set_spec(replicas=2)
-    s.step()
-    s.deployment_ready(1)
+    s = _second_replica()
     _starting(s, line(10, "[TP0] Load weight begin.") + "\n" + line(30, shards(3, 8)))
     s.step(now=at(40))
     s.kube.set_log("kd-0", "sglang", line(10, "[TP0] Load weight begin.") + "\n" + line(30, shards(3, 8)))
@@ -267,10 +270,7 @@ def test_a_stalled_start_is_a_warning_and_ready_says_which_phase_and_the_last_li
 
 
 def test_once_ready_the_log_is_not_read_and_the_history_stays() -> None:
-    s = _serving()
-    s.set_spec(replicas=2)
-    s.step()
-    s.deployment_ready(1)
+    s = _second_replica()
     _starting(s, line(10, "[TP0] Load weight begin."))
     s.step(now=at(40))
     s.pods = [pod(ready=70)]
@@ -294,10 +294,7 @@ def test_phases_entered_in_the_same_second_are_each_one_step_and_one_event() -> 
 
 
 def test_an_engine_that_has_logged_nothing_yet_is_read_again_soon_a_node_without_logs_later() -> None:
-    s = _serving()
-    s.set_spec(replicas=2)
-    s.step()
-    s.deployment_ready(1)
+    s = _second_replica()
     _starting(s, "")  # the container just started: an empty log, not a node that serves none
     s.step(now=at(11))
     cache = controller._engine_logs[("ns", "kd")]
@@ -324,10 +321,7 @@ def test_the_phases_of_a_replica_that_went_ready_are_observed_in_the_histogram()
         return metrics.STARTUP_PHASE_SECONDS.labels(phase=phase)._sum.get()  # type: ignore[no-any-return]
 
     before = count("LoadingWeights")
-    s = _serving()
-    s.set_spec(replicas=2)
-    s.step()
-    s.deployment_ready(1)
+    s = _second_replica()
     _starting(s, line(10, "[TP0] Load weight begin."))
     s.step(now=at(40))
     s.pods = [pod(ready=70)]
