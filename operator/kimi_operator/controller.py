@@ -233,7 +233,7 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
     names = render.names(name, spec)
     claim = names.pvc
     pvc, volume_problem = _claim(kube, namespace, spec, claim, children, volume_grace)
-    uid = str(pvc["metadata"].get("uid") or "") or None if pvc is not None else None
+    uid = reconcile.claim_uid(pvc)
     done = kd.status.weights.completed_key if kd.status.weights else None
     if pinned and done == f"{repo}@{pinned}":
         completed: frozenset[str] = frozenset()  # already complete here: no need to look at the neighbours

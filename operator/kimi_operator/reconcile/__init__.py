@@ -20,6 +20,7 @@ from kimi_operator.reconcile.types import Actions, Event, Observed
 from kimi_operator.reconcile.weights_state import (
     FETCH_REQUEUE_SECONDS,
     WeightsState,
+    claim_uid,
     pinned_commit,
     pinned_draft_commit,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Event",
     "Observed",
     "WeightsState",
+    "claim_uid",
     "decide",
     "failing_pod",
     "is_subset",

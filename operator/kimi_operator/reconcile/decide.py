@@ -116,7 +116,7 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
         if k[0] == "Job" and w.ready and completed_key != key:
             return True  # delete the finished Job only once its completion is recorded in status
         # a Job that exists while the Hub is asked (the draft's commit) is left for the answer
-        return k[0] == "Job" and (w.state.waits or w.state is WeightsState.RESOLVING)
+        return k[0] == "Job" and w.state.keeps_job
 
     actions = diff.writes(desired, observed.children, job_key=job_key, retry_job=w.retry_job, keep=keep)
     if not w.ready:

@@ -56,6 +56,12 @@ class WeightsState(Enum):
         )
 
     @property
+    def keeps_job(self) -> bool:
+        """An existing fetch Job is left as it is: the state waits on something outside the download, or on the
+        Hub's answer (Resolving is not `waits`: a waiting state carries a Warning Ready reason, Resolving does not)."""
+        return self.waits or self is WeightsState.RESOLVING
+
+    @property
     def waits(self) -> bool:
         """Blocked on something outside the download (the volume, the commit): an existing Job is left alone and
         the Ready condition gives this state's own reason."""
@@ -174,7 +180,8 @@ def _progress_detail(rec: FetchProgress) -> dict[str, Any]:
     }
 
 
-def _uid(obj: Manifest | None) -> str | None:
+def claim_uid(obj: Manifest | None) -> str | None:
+    """The UID of an object as read (the weights PVC's is the volume's identity); None when absent or unset."""
     return str(((obj or {}).get("metadata") or {}).get("uid") or "") or None
 
 
@@ -225,7 +232,7 @@ def weights(
     serving pod's weights-check init container still refuses a snapshot without its completion manifest."""
     old = status.weights
     pvc = observed.claim
-    uid = _uid(pvc)
+    uid = claim_uid(pvc)
     ready = {"claim_uid": uid} if uid else {}
     if pvc is not None and (pvc.get("metadata") or {}).get("deletionTimestamp"):
         return Weights(
