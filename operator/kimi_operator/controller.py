@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
@@ -380,6 +381,45 @@ def reconcile_one(
     return actions
 
 
+class FairQueue:
+    """The keys waiting for a worker, by namespace, served round-robin: a burst of new KimiDeployments in one
+    namespace (a GitOps sync of hundreds) never holds up another namespace's keys, and within a namespace they go in
+    the order they came (a steady stream of Ready ones, not all at the end)."""
+
+    def __init__(self) -> None:
+        self._by_namespace: dict[str, deque[Key]] = {}
+        self._turns: deque[str] = deque()  # namespaces that have keys, in the order they are served
+        self._items = asyncio.Semaphore(0)
+        self._size = 0
+
+    def put_nowait(self, key: Key) -> None:
+        keys = self._by_namespace.get(key[0])
+        if keys is None:
+            keys = self._by_namespace[key[0]] = deque()
+            self._turns.append(key[0])
+        keys.append(key)
+        self._size += 1
+        self._items.release()
+
+    async def get(self) -> Key:
+        await self._items.acquire()
+        namespace = self._turns.popleft()
+        keys = self._by_namespace[namespace]
+        key = keys.popleft()
+        if keys:
+            self._turns.append(namespace)  # its next key waits for every other namespace's turn
+        else:
+            del self._by_namespace[namespace]
+        self._size -= 1
+        return key
+
+    def qsize(self) -> int:
+        return self._size
+
+    def task_done(self) -> None:
+        """asyncio.Queue's counterpart: nothing waits on it here."""
+
+
 class WorkQueue:
     """asyncio work queue keyed by KimiDeployment, with de-duplication and per-key exclusivity."""
 
@@ -390,7 +430,7 @@ class WorkQueue:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.leading = asyncio.Event()  # workers take keys only while set (always, without leader election)
         self.leading.set()
-        self.queue: asyncio.Queue[Key] = asyncio.Queue()
+        self.queue = FairQueue()
         self.queued: set[Key] = set()
         self.active: set[Key] = set()
         self.dirty: set[Key] = set()

@@ -429,3 +429,32 @@ def test_a_standby_queue_reconciles_nothing_and_everything_it_knows_once_it_lead
         await queue.stop()
 
     _run(test)
+
+
+def test_a_burst_in_one_namespace_does_not_hold_up_another_and_each_namespace_keeps_its_order() -> None:
+    async def drain() -> list[tuple[str, str]]:
+        q = controller.FairQueue()
+        for i in range(100):
+            q.put_nowait(("burst", f"kd-{i}"))
+        q.put_nowait(("team-b", "one"))
+        q.put_nowait(("team-c", "x"))
+        q.put_nowait(("team-c", "y"))
+        assert q.qsize() == 103
+        return [await q.get() for _ in range(103)]
+
+    out = asyncio.run(drain())
+    assert out[:6] == [("burst", "kd-0"), ("team-b", "one"), ("team-c", "x"), ("burst", "kd-1"), ("team-c", "y"),
+                       ("burst", "kd-2")]  # fmt: skip
+    assert [k for k in out if k[0] == "burst"] == [("burst", f"kd-{i}") for i in range(100)]
+
+
+def test_a_worker_waits_for_a_key_put_later() -> None:
+    async def later() -> tuple[str, str]:
+        q = controller.FairQueue()
+        getter = asyncio.create_task(q.get())
+        await asyncio.sleep(0.01)
+        assert not getter.done()
+        q.put_nowait(("ns", "late"))
+        return await asyncio.wait_for(getter, 5)
+
+    assert asyncio.run(later()) == ("ns", "late")
