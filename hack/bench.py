@@ -214,8 +214,12 @@ def main() -> int:
             f"operator RSS with {args.many + args.n} KDs: {results['memory']['rss_mib_after']} MiB "
             f"(before: {results['memory']['rss_mib_before']} MiB); {args.many} created at once: first Ready after "
             f"{results['memory']['first_ready_after_s']} s, all after {results['memory']['all_ready_after_s']} s; "
-            f"one KD applied right behind them in another namespace: Ready after "
-            f"{results['memory']['other_namespace_ready_after_s']} s"
+            f"one KD applied right behind them in another namespace: "
+            + (
+                f"Ready after {lone_ready:.1f} s"
+                if lone_ready is not None
+                else "not Ready before all of them were (served behind the burst)"
+            )
         )
         print(f"children latencies (ms): {[round(x * 1000) for x in to_children]}")
     finally:
