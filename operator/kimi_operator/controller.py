@@ -142,29 +142,13 @@ ENGINE_LOG_RETRY_SECONDS = 30.0  # a node that served no log (a simulated node) 
 _engine_logs: dict[Key, dict[str, tuple[float, str, str | None]]] = {}
 
 
-def _starting_leaders(pods: list[Manifest]) -> list[tuple[str, str]]:
-    """(pod, container run) of the leader pods whose engine runs but is not Ready: the ones whose log is read."""
-    out = []
-    for pod in pods:
-        meta, st = pod.get("metadata") or {}, pod.get("status") or {}
-        if (meta.get("labels") or {}).get(render.COMPONENT_LABEL) != "server" or meta.get("deletionTimestamp"):
-            continue
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []):
-            continue
-        for c in st.get("containerStatuses") or []:
-            running = (c.get("state") or {}).get("running")
-            if c.get("name") == sglang_startup.CONTAINER and running:
-                out.append((str(meta.get("name")), f"{meta.get('uid')}/{running.get('startedAt')}"))
-    return out
-
-
 def _engine_log_tails(kube: Kube, namespace: str, name: str, pods: list[Manifest]) -> dict[str, str]:
     """The timestamped log tails of the starting leader pods (pods/log), where the engine prints its startup.
 
     Read only while a replica starts (never once it is Ready), at most once per startup POLL_SECONDS per pod; a
     node that serves no logs gives an empty tail, asked again after ENGINE_LOG_RETRY_SECONDS."""
     key = (namespace, name)
-    starting = _starting_leaders(pods)
+    starting = reconcile.starting_leaders(pods)
     if not starting:
         _engine_logs.pop(key, None)
         return {}

@@ -15,6 +15,7 @@ and no events, so an idle KimiDeployment costs zero API writes.
 from kimi_operator.reconcile.decide import decide
 from kimi_operator.reconcile.diff import is_subset
 from kimi_operator.reconcile.startup import POLL_SECONDS as STARTUP_POLL_SECONDS
+from kimi_operator.reconcile.startup import starting_leaders
 from kimi_operator.reconcile.status import failing_pod, ready_leaders
 from kimi_operator.reconcile.types import Actions, Event, Observed
 from kimi_operator.reconcile.weights_state import (
@@ -39,4 +40,5 @@ __all__ = [
     "pinned_commit",
     "pinned_draft_commit",
     "ready_leaders",
+    "starting_leaders",
 ]

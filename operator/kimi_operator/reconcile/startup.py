@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kimi_operator import render
 from kimi_operator.api.models import (
     PhaseSeconds,
     ReplicaStartup,
@@ -110,22 +111,42 @@ def read_log(text: str, patterns: Iterable[LogPattern] = sglang_startup.LOG_PATT
         if segments:
             last_line = segments[-1]
         for seg in segments:
-            rule = next((r for r in rules if r.regex.search(seg)), None)
-            if rule is None:
+            found = next(((r, m) for r in rules if (m := r.regex.search(seg)) is not None), None)
+            if found is None:
                 continue
+            rule, match = found
             if rule.failed:
                 failed = seg
             if not steps or steps[-1][0] != rule.phase:
                 steps.append((rule.phase, t))
                 done = total = None
-            match = rule.regex.search(seg)
-            if match is not None and "done" in match.groupdict():
+            if "done" in match.groupdict():
                 done, total = int(match.group("done")), int(match.group("total"))
             progress_at = t
     return LogReading(tuple(steps), done, total, progress_at, last_line, failed)
 
 
 # -- the pod ---------------------------------------------------------------------------------------------------
+def leader(pod: Manifest) -> bool:
+    """A replica's pod (a single-node pod, an LWS leader: component=server) that is not being deleted."""
+    meta = pod.get("metadata") or {}
+    return (meta.get("labels") or {}).get(render.COMPONENT_LABEL) == "server" and not meta.get("deletionTimestamp")
+
+
+def starting_leaders(pods: Iterable[Manifest], container: str = sglang_startup.CONTAINER) -> list[tuple[str, str]]:
+    """(pod, container run) of the leader pods whose engine runs but is not Ready: the ones whose log is read."""
+    out = []
+    for pod in pods:
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if not leader(pod) or any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            continue
+        meta = pod.get("metadata") or {}
+        running = (_container(pod, container).get("state") or {}).get("running")
+        if running:
+            out.append((str(meta.get("name")), f"{meta.get('uid')}/{running.get('startedAt')}"))
+    return out
+
+
 def _ready_at(pod: Manifest) -> float | None:
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Ready" and cond.get("status") == "True":
@@ -401,10 +422,9 @@ def startup(
     finished: list[tuple[Reason, float]] = []
     replicas: list[ReplicaStartup] = []
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get("app.kubernetes.io/component") != "server" or meta.get("deletionTimestamp"):
+        if not leader(pod):
             continue
-        name = str(meta.get("name"))
+        name = str((pod.get("metadata") or {}).get("name"))
         old = before.get(name)
         ready_at = _ready_at(pod)
         if ready_at is not None:

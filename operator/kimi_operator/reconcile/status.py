@@ -184,8 +184,7 @@ def ready_leaders(pods: list[Manifest]) -> int:
     """Serving pods (single-node pods, LWS leaders) that are Ready: the workers the gateway's discovery admits."""
     count = 0
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get(render.COMPONENT_LABEL) != "server" or meta.get("deletionTimestamp"):
+        if not startup.leader(pod):
             continue
         st = pod.get("status") or {}
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
