@@ -127,6 +127,16 @@ class Env:
             if e["involvedObject"].get("kind") == "KimiDeployment" and e["involvedObject"].get("name") == name
         ]
 
+    def wait_event(self, name: str, etype: str, reason: str, timeout: float = 30) -> None:
+        """Wait for an Event on the KimiDeployment: the operator records Events after its status write, so a test
+        that has just seen a condition may be ahead of the Event that goes with it."""
+
+        def check() -> bool | NotYet:
+            seen = self.events(name)
+            return (etype, reason) in seen or NotYet(seen)
+
+        wait_for(check, timeout=timeout, what=f"a {etype} {reason} Event on KimiDeployment {self.ns}/{name}")
+
 
 def container(pod_spec: dict[str, Any]) -> dict[str, Any]:
     """The engine container of a PodSpec."""

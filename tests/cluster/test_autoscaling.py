@@ -65,7 +65,7 @@ def test_queue_depth_scales_up_then_draining_scales_down_without_touching_spec(e
     assert status["desiredReplicas"] == 3 and status["queueDepth"] >= 20
     kd = env.get("auto")
     assert kd["spec"]["replicas"] == 1 and kd["metadata"]["generation"] == generation, "the spec must not change"
-    assert ("Normal", "ScaledUp") in env.events("auto")
+    env.wait_event("auto", "Normal", "ScaledUp")
     env.wait_condition("auto", "Ready", "True", "Ready", timeout=60)
 
     # drain: the busy one keeps running requests, the other two go idle -> one at a time, idle first
@@ -74,8 +74,15 @@ def test_queue_depth_scales_up_then_draining_scales_down_without_touching_spec(e
         eng.queue_depth = 0
         eng.running_requests = 5 if pod.endswith(first) else 0
     wait_replicas(env, "auto", 1, timeout=90)
-    assert [p["metadata"]["name"] for p in server_pods(env, "auto")] == [first], "an idle replica survived"
-    assert ("Normal", "ScaledDown") in env.events("auto")
+
+    # the Deployment's spec goes to 1 before its ReplicaSet deletes the pods: wait for the pods, then see which stayed
+    def one_left() -> list[str] | NotYet:
+        names = [p["metadata"]["name"] for p in server_pods(env, "auto")]
+        return names if len(names) == 1 else NotYet(names)
+
+    left = wait_for(one_left, timeout=60, what="one server pod left")
+    assert left == [first], "an idle replica survived"
+    env.wait_event("auto", "Normal", "ScaledDown")
     cond = env.condition("auto", "ScalingActive")
     assert cond is not None and cond["status"] == "True"
 
@@ -94,7 +101,7 @@ def test_a_silent_engine_is_not_read_as_idle(env: Env, standins: Harness) -> Non
     for _ in range(3):
         wait_for(lambda: env.get("quiet")["status"]["autoscaler"].get("scrapeErrors", 0) > 0 or None, 10, "errors")
     assert replicas(env, "quiet") == 2
-    wait_for(lambda: ("Warning", "MetricsUnavailable") in env.events("quiet") or None, 30, "a Warning event")
+    env.wait_event("quiet", "Warning", "MetricsUnavailable")
     assert "queueDepth" not in env.get("quiet")["status"]["autoscaler"]
     m = env.op.metrics()
     assert 'kimi_operator_autoscaler_scrape_errors_total{name="quiet"' in m

@@ -43,8 +43,8 @@ def test_apply_downloads_then_serves_and_reports_ready(env: Env) -> None:
     assert status["weights"]["progress"] == "100%"
     assert env.names("Service") == {"k25", "k25-headless"}
     wait_for(lambda: "k25-fetch" not in env.names("Job") or None, timeout=30, what="finished fetch Job removed")
-    reasons = {r for _, r in env.events("k25")}
-    assert {"Downloading", "Downloaded", "Ready"} <= reasons
+    for reason in ("Downloading", "Downloaded", "Ready"):
+        env.wait_event("k25", "Normal", reason)
 
     metrics = env.op.metrics()
     assert f'kimi_operator_weights_ready{{name="k25",namespace="{env.ns}"}} 1.0' in metrics
@@ -166,7 +166,7 @@ def test_a_spec_the_planner_refuses_gets_a_reason_and_no_workload(env: Env) -> N
     env.apply(kd("h100", topology={"accelerator": "H100", "nodesPerReplica": 1}))
     cond = env.wait_condition("h100", "Ready", "False", "DoesNotFit")
     assert "nodesPerReplica: 2" in cond["message"] and "H200" in cond["message"]
-    wait_for(lambda: ("Warning", "DoesNotFit") in env.events("h100") or None, timeout=30, what="Warning event")
+    env.wait_event("h100", "Warning", "DoesNotFit")
     for kind in ("Deployment", "Job", "PersistentVolumeClaim", "Service"):
         assert env.names(kind) == set(), kind
 
@@ -228,11 +228,7 @@ def test_a_child_the_api_server_refuses_is_reported_with_its_reason_and_an_event
     env.apply(kd("refused", topology={"tolerations": bad}))
     cond = env.wait_condition("refused", "Ready", "False", "ApplyFailed", timeout=60)
     assert "Deployment/refused" in cond["message"] and "tolerationSeconds" in cond["message"], cond
-    wait_for(
-        lambda: ("Warning", "ApplyFailed") in env.events("refused") or NotYet(env.events("refused")),
-        timeout=30,
-        what="a Warning ApplyFailed Event",
-    )
+    env.wait_event("refused", "Warning", "ApplyFailed")
     env.apply(kd("refused"))  # fixed: the failure clears with the next generation
     env.wait_condition("refused", "Ready", "True", "Ready", timeout=60)
 
@@ -242,11 +238,7 @@ def test_an_existing_claim_that_does_not_exist_is_reported_at_once_and_nothing_d
     cond = env.wait_condition("noclaim", "Ready", "False", "VolumeNotBound", timeout=30)
     assert "no-such-claim" in cond["message"] and "does not exist" in cond["message"], cond
     assert "Job" not in {k for k, _ in env.kube.list_children(env.ns, "app.kubernetes.io/instance=noclaim")[0]}
-    wait_for(
-        lambda: ("Warning", "VolumeNotBound") in env.events("noclaim") or NotYet(env.events("noclaim")),
-        timeout=30,
-        what="a Warning VolumeNotBound Event",
-    )
+    env.wait_event("noclaim", "Warning", "VolumeNotBound")
 
 
 def test_a_missing_priority_class_is_reported_with_the_admission_message(env: Env) -> None:
@@ -255,7 +247,7 @@ def test_a_missing_priority_class_is_reported_with_the_admission_message(env: En
     env.apply(kd("noprio", topology={"priorityClassName": "no-such-priority"}))
     cond = env.wait_condition("noprio", "Ready", "False", "FailedCreate", timeout=60)
     assert "fetch Job" in cond["message"] and "no-such-priority" in cond["message"], cond
-    assert ("Warning", "FailedCreate") in env.events("noprio")
+    env.wait_event("noprio", "Warning", "FailedCreate")
     progressing = env.condition("noprio", "Progressing")
     assert progressing is not None and progressing["status"] == "False", progressing
     # fixed: the PriorityClass appears, the Job's next attempt creates the pod and the download proceeds

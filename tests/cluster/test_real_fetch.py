@@ -459,10 +459,14 @@ def test_a_re_created_volume_and_an_emptied_snapshot_are_downloaded_again_before
     assert cond["reason"] == "Downloaded", cond
     assert fetched, "the new volume's fetch pod was seen at work"
     assert not early, f"engine pods existed while the new volume downloaded: {sorted(set(early))}"
+
     # The operator saw the old claim Terminating (its record dropped there) or, had it missed that, the new claim's
     # other UID: either way a Warning said so.
-    said = {("Warning", "VolumeTerminating"), ("Warning", "VolumeReplaced")} & set(env.events("again"))
-    assert said, env.events("again")
+    def said() -> set[tuple[str, str]] | NotYet:
+        seen = env.events("again")
+        return {("Warning", "VolumeTerminating"), ("Warning", "VolumeReplaced")} & set(seen) or NotYet(seen)
+
+    wait_for(said, 30, "a Warning VolumeTerminating or VolumeReplaced Event")
     assert weights_status(env, "again")["claimUID"] not in (None, first_uid)
     assert sum(hub.served_bytes.values()) == total, "the new volume got every byte"
     assert_volume_equals_hub(second_root, hub)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from kimi_testbed.hub import HubStandIn
-from kimi_testbed.wait import wait_for
 
 from .support import Env, container, flag, go_ready, kd, weights_pv
 
@@ -57,5 +56,5 @@ def test_a_volume_that_cannot_bind_is_reported_not_waited_on(env: Env) -> None:
     cond = env.wait_condition("nobind", "WeightsReady", "False", "VolumeNotBound", timeout=60)
     assert "does-not-exist" in cond["message"] and "Pending" in cond["message"]
     assert (env.condition("nobind", "Ready") or {}).get("reason") == "VolumeNotBound"
-    wait_for(lambda: ("Warning", "VolumeNotBound") in env.events("nobind") or None, 30, "a Warning event")
+    env.wait_event("nobind", "Warning", "VolumeNotBound")
     assert env.names("Deployment") == set(), "no GPU workload without weights"
