@@ -5,6 +5,8 @@
   which no registry here serves, and is passed to each Dockerfile as its ``PYTHON_IMAGE`` build argument.
 - ``operator``: ``images/operator/Dockerfile`` itself, built by Debian's buildah (``buildah bud --isolation chroot``,
   vfs store). The one the chart installs.
+- ``gateway``: ``images/gateway/Dockerfile`` (the pinned sglang-router from PyPI), what the operator's gateway
+  Deployments run.
 - ``standin-engine`` and ``hub-standin``: the TEST DOUBLES of SGLang and of the Hugging Face Hub
   (``images/testing/*/Dockerfile``).
 
@@ -73,6 +75,7 @@ class Image:
 
 IMAGES = (
     Image("operator", "images/operator/Dockerfile"),
+    Image("gateway", "images/gateway/Dockerfile"),
     Image("standin-engine", "images/testing/standin-engine/Dockerfile", test_double=True),
     Image("hub-standin", "images/testing/hub-standin/Dockerfile", test_double=True),
 )

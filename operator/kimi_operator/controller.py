@@ -182,7 +182,33 @@ def _engine_log_tails(kube: Kube, namespace: str, name: str, pods: list[Manifest
     return out
 
 
-def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: int = 30) -> reconcile.Observed:
+_unreadable_secrets: set[tuple[str, str]] = set()  # (namespace, Secret) the operator may not get: said once
+
+
+def _api_key_fingerprint(kube: Kube, namespace: str, spec: KimiDeploymentSpec, rotation: bool) -> str | None:
+    """The fingerprint of the API key (kube.secret_key_fingerprint), or None: no key, rotation off, the Secret or
+    its key missing (the pods then say so: CreateContainerConfigError), or no RBAC to read it (said once)."""
+    ref = spec.auth.api_key_secret_ref
+    if ref is None or not rotation:
+        return None
+    try:
+        return kube.secret_key_fingerprint(namespace, ref.name, ref.key)
+    except Forbidden as err:
+        if (namespace, ref.name) not in _unreadable_secrets:
+            _unreadable_secrets.add((namespace, ref.name))
+            log.warning(
+                "%s: cannot read Secret %s (%s): a new API key takes effect only after `kubectl rollout restart`; "
+                "grant get on secrets (chart value rbac.readApiKeySecrets) or set KIMI_API_KEY_ROTATION=false",
+                namespace,
+                ref.name,
+                err.server_message,
+            )
+        return None
+
+
+def observe(
+    kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: int = 30, api_key_rotation: bool = True
+) -> reconcile.Observed:
     """Everything decide() needs, read from the API server (and the Hub for an unpinned revision)."""
     namespace, name = kd.namespace, kd.name
     children, missing = kube.list_children(namespace, render.children_selector(name))
@@ -235,6 +261,7 @@ def observe(kube: Kube, resolver: Resolver, kd: KimiDeployment, volume_grace: in
         volume_problem=volume_problem,
         claim=pvc,
         node_allocatable=_smallest_node(kube, spec),
+        api_key_fingerprint=_api_key_fingerprint(kube, namespace, spec, api_key_rotation),
         fetch_create_error=_fetch_create_error(kube, namespace, children.get(("Job", names.job)), fetch_pods),
     )
 
@@ -314,7 +341,7 @@ def reconcile_one(
         return None  # owner references let the garbage collector remove the children
     resolver = resolver or Resolver(config.hf_endpoint or None)
     kd = resource.parse(body)
-    observed = observe(kube, resolver, kd, config.volume_grace_seconds)
+    observed = observe(kube, resolver, kd, config.volume_grace_seconds, config.api_key_rotation)
     generation = kd.generation
     known = _write_failures.get((namespace, name))
     if known is not None and known[0] == generation:

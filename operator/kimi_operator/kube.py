@@ -6,7 +6,9 @@ Every write is counted in `kimi_operator_api_writes_total` so benchmarks can pro
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -62,6 +64,7 @@ PODS = ResourceType("v1", "Pod", "pods")
 EVENTS = ResourceType("v1", "Event", "events")
 NODES = ResourceType("v1", "Node", "nodes")  # cluster-scoped: path("")
 LEASES = ResourceType("coordination.k8s.io/v1", "Lease", "leases")
+SECRETS = ResourceType("v1", "Secret", "secrets")  # only the API key's, by name (get), for its fingerprint
 
 
 class KubeError(Exception):
@@ -354,6 +357,18 @@ class Kube:
 
     def list_kds(self, namespace: str) -> list[Manifest]:
         return self.list_of(KD, namespace, "")
+
+    def secret_key_fingerprint(self, namespace: str, name: str, key: str) -> str | None:
+        """A fingerprint of one key of a Secret (the API key): 16 hex digits of SHA-256 over the Secret's namespace,
+        name and the key's value. It changes when that value changes, not when the Secret's labels or other keys
+        do; the value never leaves this method. None: no such Secret or key. Needs `get` on secrets."""
+        secret = self.get(SECRETS, namespace, name)
+        encoded = ((secret or {}).get("data") or {}).get(key)
+        if encoded is None:
+            return None
+        digest = hashlib.sha256(f"kimi-operator/{namespace}/{name}\0".encode())
+        digest.update(base64.b64decode(encoded))
+        return digest.hexdigest()[:16]
 
     def events_for(self, namespace: str, kind: str, name: str) -> list[Manifest]:
         return self.list_of(EVENTS, namespace, "", f"involvedObject.kind={kind},involvedObject.name={name}")

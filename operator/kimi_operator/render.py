@@ -28,6 +28,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 RETAIN_ANNOTATION = "kimi-operator.dev/retain-on-delete"
 WEIGHTS_KEY_ANNOTATION = "kimi-operator.dev/weights-key"
 WORKLOAD_LABEL = "kimi-operator.dev/workload"  # deployment | leaderworkerset, on engine pods
+API_KEY_ANNOTATION = "kimi-operator.dev/api-key"  # a fingerprint of the key, never the key: a new one rolls the pods
 ENGINE_COMPONENTS = ("server", "worker")
 FETCH_UID = 65532  # the operator image's user (images/operator/Dockerfile); also the fetch pod's fsGroup
 
@@ -243,9 +244,12 @@ def context(
     *,
     replicas: int | None = None,
     node_allocatable: tuple[int, int] | None = None,
+    api_key_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Everything the templates read. `replicas` is the autoscaler's count when it is on, else spec.replicas;
-    `node_allocatable` is (millicores, bytes) of the smallest node that matches the plan, when known."""
+    `node_allocatable` is (millicores, bytes) of the smallest node that matches the plan, when known;
+    `api_key_fingerprint` (of the API key's value) annotates the pod templates that hold the key, so that a new key
+    rolls them (neither sglang-router nor SGLang re-reads it)."""
     n = names(owner.name, spec)
     ctx: dict[str, Any] = {
         "replicas": spec.replicas if replicas is None else replicas,
@@ -301,7 +305,12 @@ def context(
         "termination_grace": sglang.TERMINATION_GRACE_SECONDS,
         "owner_name": owner.name,
         "service_selector": selector(owner.name),
-        "gw": _gateway_context(owner, spec, plan, config),
+        "gw": _gateway_context(owner, spec, config),
+        "key_annotations": (
+            {API_KEY_ANNOTATION: api_key_fingerprint}
+            if api_key_fingerprint and spec.auth.api_key_secret_ref is not None
+            else {}
+        ),
     }
     api_key_env = gateway.api_key_env(spec)
 
@@ -317,14 +326,16 @@ def context(
     return ctx
 
 
-def _gateway_context(owner: Owner, spec: KimiDeploymentSpec, plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+def _gateway_context(owner: Owner, spec: KimiDeploymentSpec, config: OperatorConfig) -> dict[str, Any]:
     gnames = gateway.names(owner.name)
     np = spec.gateway.network_policy
     return {
         "name": gnames["gateway"],
         "network_policy": gnames["network_policy"],
         "selector": gateway_selector(owner.name),
-        "image": spec.gateway.image or config.gateway_image or plan.image,
+        "image": spec.gateway.image or config.gateway_image,
+        "node_selector": spec.gateway.node_selector,
+        "tolerations": [t.wire() for t in spec.gateway.tolerations],
         "command": gateway.command(spec, owner.namespace, selector(owner.name)),
         "env": gateway.api_key_env(spec),
         "http_port": gateway.HTTP_PORT,

@@ -287,7 +287,8 @@ def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_se
     # What the ServiceAccount must not do.
     for verb, resource, scope in [
         ("list", "secrets", ["-A"]),
-        ("get", "secrets", ["-n", namespace]),
+        ("list", "secrets", ["-n", namespace]),
+        ("watch", "secrets", ["-n", namespace]),
         ("delete", "nodes", []),
         ("create", "pods", ["-n", namespace]),
         ("patch", "kimideployments.kimi-operator.dev", ["-n", namespace]),
@@ -296,8 +297,10 @@ def test_the_charts_service_account_is_enough_for_a_full_reconcile_and_gitops_se
     ]:
         answer = as_sa.run("auth", "can-i", verb, resource, *scope, check=False).stdout.strip()
         assert answer == "no", f"the operator's ServiceAccount may {verb} {resource} {' '.join(scope)}"
-    refused = as_sa.run("get", "secrets", "-A", check=False)
+    refused = as_sa.run("get", "secrets", "-A", check=False)  # kubectl get without a name lists
     assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
+    # one Secret by name: the API key's, for its fingerprint (rbac.readApiKeySecrets, default true)
+    assert as_sa.run("auth", "can-i", "get", "secrets", "-n", namespace, check=False).stdout.strip() == "yes"
 
     op = ChartOperator(release.deployment(), kubeconfig, tmp_path / "operator.log", "chart-operator-0", namespace)
     operators.append(op)

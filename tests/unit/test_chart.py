@@ -223,6 +223,18 @@ def test_no_crd_but_the_kimideployment_one_ships(helm: Path) -> None:
 # ------------------------------------------------------------------------------------------------ RBAC
 
 
+def test_secrets_are_out_of_reach_when_key_rotation_is_off(helm: Path) -> None:
+    kinds = by_kind(template(helm, OPERATOR_CHART, "--set", "rbac.readApiKeySecrets=false"))
+    rules = _rules(kinds.get("ClusterRole", []) + kinds.get("Role", []))
+    assert not any("secrets" in r["resources"] for r in rules)
+    (dep,) = kinds["Deployment"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KIMI_API_KEY_ROTATION"] == "false"
+    (dep,) = by_kind(template(helm, OPERATOR_CHART))["Deployment"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KIMI_API_KEY_ROTATION"] == "true" and "KIMI_GATEWAY_IMAGE" not in env
+
+
 def _rules(objs: list[Manifest]) -> list[Manifest]:
     return [r for o in objs for r in o["rules"]]
 
@@ -265,7 +277,9 @@ def test_rbac_has_no_wildcards_and_grants_exactly_what_the_operator_uses(helm: P
     # the fetch pod's progress is in its log; the fetch pod itself has no API access
     assert {(g, v) for g, res, v in granted if res == "pods/log"} == {("", "get")}
     assert {v for g, res, v in granted if res == "events"} == {"create", "list"}  # list: the PVC's events
-    assert not any(res in {"secrets", "configmaps"} for _, res, _ in granted)
+    # the API key's Secret, got by name for its fingerprint (a new key rolls the pods): never listed or watched
+    assert {(g, v) for g, res, v in granted if res == "secrets"} == {("", "get")}
+    assert not any(res == "configmaps" for _, res, _ in granted)
     # Engine pods' CPU/memory requests are sized from the smallest node with the planned GPUs: read-only, list only.
     assert {(g, v) for g, res, v in granted if res == "nodes"} == {("", "list")}
     assert not any(g == "kopf.dev" for g, _, _ in granted), "no kopf peering: leader election is a Lease"

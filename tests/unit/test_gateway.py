@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import copy
+import hashlib
+import json
+import logging
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from kimi_operator import gateway, render
+from kimi_operator import controller, gateway, render
+from kimi_operator.api import resource
 from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.config import DEFAULT_GATEWAY_IMAGE
+from kimi_operator.kube import kube_error
 from kimi_operator.reconcile import ready_leaders
 
-from .test_reconcile import Server, _serving
+from .test_reconcile import Server, _cond, _serving
 
 GATEWAY_SEL = {
     "app.kubernetes.io/name": "kimi",
@@ -233,3 +241,98 @@ def test_gateway_resources_are_a_typed_resource_requirements(resources: Any, wan
 def test_a_gateway_resources_value_that_is_no_quantity_is_refused_at_admission(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         KimiDeploymentSpec.model_validate({"gateway": {"resources": bad}})
+
+
+def _secret(s: Server, value: str, name: str = "kimi-key", **labels: str) -> None:
+    encoded = base64.b64encode(value.encode()).decode()
+    s.kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+            "data": {"api-key": encoded, "other": base64.b64encode(b"x").decode()},
+        }
+    )
+
+
+def _key_annotations(s: Server) -> dict[str, str | None]:
+    def of(template: dict[str, Any]) -> str | None:
+        return ((template.get("metadata") or {}).get("annotations") or {}).get(render.API_KEY_ANNOTATION)
+
+    return {
+        "gateway": of(s.children[("Deployment", "kd-gateway")]["spec"]["template"]),
+        "engines": of(s.children[("Deployment", "kd")]["spec"]["template"]),
+    }
+
+
+def test_a_new_api_key_rolls_the_gateway_and_the_engines_and_nothing_else_does() -> None:
+    """Neither sglang-router nor SGLang re-reads the key: a new value in the Secret changes a fingerprint in the pod
+    templates that hold it (a rolling restart by their Deployments); labels or other keys of the Secret do not."""
+    s = Server({"replicas": 2, "auth": {"apiKeySecretRef": {"name": "kimi-key"}}})
+    _secret(s, "first-key-0123456789abcdef")
+    s.step()
+    s.job_succeeds()
+    s.step()
+    first = _key_annotations(s)
+    assert first["gateway"] and first["gateway"] == first["engines"]
+    assert len(first["gateway"]) == 16
+    _secret(s, "first-key-0123456789abcdef", team="ml")  # a label: no restart
+    s.step()
+    assert _key_annotations(s) == first
+    _secret(s, "second-key-fedcba9876543210")
+    s.step()
+    second = _key_annotations(s)
+    assert second["gateway"] and second["gateway"] == second["engines"] and second["gateway"] != first["gateway"]
+    # the value is nowhere in what the operator wrote: children, status, Events
+    written = json.dumps([list(s.children.values()), s.body.get("status"), s.kube.recorded_events()])
+    assert "second-key" not in written and "first-key" not in written
+
+
+def test_the_fingerprint_is_of_the_value_and_the_secrets_name_never_the_value_itself() -> None:
+    s = Server({})
+    _secret(s, "k1")
+    a = s.kube.secret_key_fingerprint("ns", "kimi-key", "api-key")
+    _secret(s, "k1", name="other-secret")
+    b = s.kube.secret_key_fingerprint("ns", "other-secret", "api-key")
+    assert a and b and a != b, "salted with the Secret's namespace and name: no table of common keys applies"
+    assert a != hashlib.sha256(b"k1").hexdigest()[:16]
+    assert s.kube.secret_key_fingerprint("ns", "kimi-key", "no-such-key") is None
+    assert s.kube.secret_key_fingerprint("ns", "no-such-secret", "api-key") is None
+
+
+def test_without_rbac_for_secrets_the_pods_keep_their_template_and_the_log_says_how_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = Server({"replicas": 2, "auth": {"apiKeySecretRef": {"name": "kimi-key"}}})
+    _secret(s, "k1")
+    s.kube.fail("get", "Secret", "kimi-key", kube_error(403, "Forbidden", '{"message": "secrets is forbidden"}'), None)
+    controller._unreadable_secrets.clear()
+    with caplog.at_level(logging.WARNING, logger="kimi_operator.controller"):
+        s.step()
+        s.job_succeeds()
+        s.step()
+        s.step()
+    assert _key_annotations(s) == {"gateway": None, "engines": None}
+    said = [r.getMessage() for r in caplog.records if "cannot read Secret kimi-key" in r.getMessage()]
+    assert len(said) == 1 and "rollout restart" in said[0] and "rbac.readApiKeySecrets" in said[0], said
+    assert _cond(s, "Ready")["status"] in ("True", "False")  # the reconcile itself went on
+
+
+def test_rotation_off_never_reads_the_secret() -> None:
+    s = Server({"replicas": 2, "auth": {"apiKeySecretRef": {"name": "kimi-key"}}})
+    _secret(s, "k1")
+    observed = controller.observe(s.kube, s.resolver, resource.parse(copy.deepcopy(s.body)), api_key_rotation=False)
+    assert observed.api_key_fingerprint is None
+    assert controller.observe(s.kube, s.resolver, resource.parse(copy.deepcopy(s.body))).api_key_fingerprint
+
+
+def test_the_gateway_pods_take_their_own_node_selector_and_tolerations() -> None:
+    toleration = {"key": "cpu-pool", "operator": "Exists", "effect": "NoSchedule"}
+    objs = _render({"replicas": 2, "gateway": {"nodeSelector": {"pool": "cpu"}, "tolerations": [toleration]}})
+    pod = objs[("Deployment", "kd-gateway")]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "cpu"} and pod["tolerations"] == [toleration]
+    engine = objs[("Deployment", "kd")]["spec"]["template"]["spec"]
+    assert engine["nodeSelector"] != {"pool": "cpu"} and toleration not in engine.get("tolerations", [])
+    assert objs[("Deployment", "kd-gateway")]["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        DEFAULT_GATEWAY_IMAGE
+    )

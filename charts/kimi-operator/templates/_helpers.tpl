@@ -120,4 +120,11 @@ the read cache is fed by the watches, and an edit by hand is restored. */}}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]
+{{- if .Values.rbac.readApiKeySecrets }}
+{{- /* spec.auth.apiKeySecretRef: the operator gets that one Secret by name (it never lists or watches Secrets)
+for a fingerprint of the key, so that a new key rolls the gateway and engine pods (neither re-reads it). */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}

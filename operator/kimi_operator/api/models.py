@@ -424,14 +424,19 @@ class GatewaySpec(ApiModel):
     image: str | None = Field(
         default=None,
         max_length=512,
-        description="Image with the pinned sglang-router (python3 -m sglang_router). Default: the operator's "
-        "gateway image, else the engine image.",
+        description="Image with the pinned sglang-router (images/gateway/Dockerfile). Default: the operator's "
+        "KIMI_GATEWAY_IMAGE, else ghcr.io/kimi-operator/kimi-gateway at the operator's version.",
     )
     resources: ResourceRequirements | None = Field(
         default=None,
         description="Requests/limits of the gateway container (core/v1 ResourceRequirements). Default: 1 CPU, "
         "1Gi requested.",
     )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels for the gateway pods (CPU pods: no GPU, no accelerator label). Default: any node.",
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Of the gateway pods.")
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
 

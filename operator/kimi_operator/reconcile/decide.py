@@ -87,7 +87,15 @@ def decide(observed: Observed, config: OperatorConfig, now: str) -> Actions:
             "100%",
         )
     replicas = spec.effective_replicas(kd.status.autoscaler.desired_replicas if kd.status.autoscaler else None)
-    ctx = render.context(owner, spec, p, config, replicas=replicas, node_allocatable=observed.node_allocatable)
+    ctx = render.context(
+        owner,
+        spec,
+        p,
+        config,
+        replicas=replicas,
+        node_allocatable=observed.node_allocatable,
+        api_key_fingerprint=observed.api_key_fingerprint,
+    )
 
     workload_key: ChildKey = ("LeaderWorkerSet" if multi else "Deployment", names.deployment)
     other_key: ChildKey = ("Deployment" if multi else "LeaderWorkerSet", names.deployment)

@@ -58,6 +58,7 @@ class Observed:
     volume_problem: str = ""  # why the weights PVC is not bound (empty: bound, or not long enough to tell)
     claim: Manifest | None = None  # the weights PVC as read (None: absent); its UID is the volume's identity
     node_allocatable: tuple[int, int] | None = None  # (millicores, bytes) of the smallest matching node, if known
+    api_key_fingerprint: str | None = None  # of the API key's current value (None: no key, or not readable)
     write_failures: tuple[str, ...] = ()  # "Kind/name: server message" for writes the API server refused
     fetch_create_error: str = ""  # the Job controller's FailedCreate message while the fetch Job has no pod
 
