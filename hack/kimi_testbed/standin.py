@@ -120,11 +120,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode())
 
     def _gate(self) -> bool:
-        """Count the request; in silent mode hold it without answering. False: drop the connection."""
+        """Count the request; in silent mode hold it without answering; check the API key as SGLang does.
+        False: answered already (401) or drop the connection."""
         engine = self.server.engine
         path = self.path.split("?", 1)[0]
         with engine._lock:
             engine.requests[path] += 1
+        if engine.api_key and not path.startswith("/health") and path != "/metrics":
+            if self.headers.get("Authorization") != f"Bearer {engine.api_key}":
+                with engine._lock:
+                    engine.unauthorized += 1
+                self.close_connection = True  # the body is left unread: this connection ends here
+                self._json({"error": "Unauthorized"}, 401)
+                return False
         while engine._silent.is_set():
             if engine._closing.wait(0.05):
                 self.close_connection = True
@@ -201,6 +209,9 @@ class StandinEngine:
         self.requests: collections.Counter[str] = collections.Counter()
         self.completions = 0
         self.completion_seconds = 0.0  # how long each completion takes (answers in flight for drain tests)
+        # like SGLang's --api-key: every route but /health*, /metrics needs `Authorization: Bearer KEY` (else 401)
+        self.api_key: str | None = None
+        self.unauthorized = 0  # requests refused for a missing or wrong key
         self.in_flight = 0  # requests being answered now
         self.prompt_tokens_total = 0
         self.cached_tokens_total = 0

@@ -157,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=SGLANG_DEFAULT_PORT)
+    parser.add_argument("--api-key", default=None, help="checked like SGLang's (never printed)")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_argv(rest, EngineConfig())
     engine = StandinEngine(args.host, args.port, config)
+    engine.api_key = args.api_key or None
     engine.completion_seconds = _env_seconds("KIMI_STANDIN_COMPLETION_SECONDS", 0.0) or 0.0
     drain_seconds = _env_seconds("KIMI_STANDIN_DRAIN_SECONDS", None)
     stop = threading.Event()

@@ -154,3 +154,22 @@ def test_prefix_cache_reports_reuse_like_sglang(engine: StandinEngine) -> None:
     _, body, _ = get(engine.url + "/metrics")
     line = next(ln for ln in body.decode().splitlines() if ln.startswith("sglang:cache_hit_rate{"))
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(90 / 184)
+
+
+def test_an_api_key_is_checked_like_sglangs_except_on_health_and_metrics(engine: StandinEngine) -> None:
+    engine.api_key = "sk-right"
+    body = json.dumps({"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def chat(key: str | None) -> int:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        req = urllib.request.Request(engine.url + "/v1/chat/completions", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert [chat(None), chat("sk-wrong"), chat("sk-right")] == [401, 401, 200]
+    assert engine.unauthorized == 2 and engine.completions == 1
+    assert get(engine.url + "/health")[0] == 200 and get(engine.url + "/metrics")[0] == 200
+    assert get(engine.url + "/v1/models")[0] == 401
