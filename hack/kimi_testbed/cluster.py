@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from kimi_testbed import procs, realnode
 from kimi_testbed.bins import REPO_ROOT, BinariesMissingError, find_bin_dir
 from kimi_testbed.nodes import parse_pools
-from kimi_testbed.supervisor import MARKER_CONFIGMAP
+from kimi_testbed.supervisor import MARKER_CONFIGMAP, RESTART_REQUEST
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -275,6 +275,21 @@ class Cluster:
         self._cleanup_stale()
         if remove:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart_apiserver(self, down_seconds: float = 5.0, timeout: float = 120.0) -> float:
+        """Stop the API server, keep it down `down_seconds`, start it again and wait until it is ready (every other
+        component stays up). Returns the seconds it was unavailable, as the supervisor measured them."""
+        before = int(self.state.get("apiserver_restarts") or 0)
+        request_file = self.dir / RESTART_REQUEST
+        request_file.write_text(f"{down_seconds}\n")
+        deadline = time.monotonic() + timeout
+        while request_file.exists() or int(self.state.get("apiserver_restarts") or 0) <= before:
+            if not self.is_running():
+                raise ClusterError(f"cluster {self.name} stopped during the API server restart; see {self.dir}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the API server of {self.name} was not ready again after {timeout:g}s")
+            time.sleep(0.2)
+        return float(self.state.get("apiserver_down_seconds") or 0.0)
 
     # -- reporting ---------------------------------------------------------------------------------------------
     def memory(self) -> dict[str, tuple[int, int]]:

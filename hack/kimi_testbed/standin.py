@@ -126,13 +126,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         with engine._lock:
             engine.requests[path] += 1
-        if engine.api_key and not path.startswith("/health") and path != "/metrics":
-            if self.headers.get("Authorization") != f"Bearer {engine.api_key}":
-                with engine._lock:
-                    engine.unauthorized += 1
-                self.close_connection = True  # the body is left unread: this connection ends here
-                self._json({"error": "Unauthorized"}, 401)
-                return False
+        exempt = path.startswith("/health") or path == "/metrics"
+        if engine.api_key and not exempt and self.headers.get("Authorization") != f"Bearer {engine.api_key}":
+            with engine._lock:
+                engine.unauthorized += 1
+            self.close_connection = True  # the body is left unread: this connection ends here
+            self._json({"error": "Unauthorized"}, 401)
+            return False
         while engine._silent.is_set():
             if engine._closing.wait(0.05):
                 self.close_connection = True

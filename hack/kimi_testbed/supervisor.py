@@ -73,6 +73,9 @@ KCM_CONTROLLERS = (
 )
 
 
+RESTART_REQUEST = "restart-apiserver"  # in the cluster dir: the supervisor restarts the API server (tests)
+
+
 class StartError(RuntimeError):
     def __init__(self, message: str, component: str | None = None) -> None:
         super().__init__(message)
@@ -789,9 +792,43 @@ class Supervisor:
     def serve(self) -> None:
         while True:
             self.check_stop()
+            self.restart_if_asked()
             self.check_children()
             self.sample_memory()
             time.sleep(1.0)
+
+    def restart_if_asked(self) -> None:
+        """An outage on request (``Cluster.restart_apiserver``): the file RESTART_REQUEST holds the seconds the API
+        server stays down. It is stopped (SIGTERM, as a rolling control-plane upgrade does), started again with
+        the same arguments after that pause, and the file is removed once /readyz answers again."""
+        request_file = self.dir / RESTART_REQUEST
+        if not request_file.is_file():
+            return
+        try:
+            down = float(request_file.read_text().strip() or "0")
+        except ValueError:
+            down = 0.0
+        comp = self.components["kube-apiserver"]
+        self.log(f"restarting kube-apiserver (down {down:g}s), as asked")
+        if comp.proc is not None and comp.proc.poll() is None:
+            comp.proc.terminate()
+            try:
+                comp.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                comp.proc.kill()
+                comp.proc.wait()
+        t_down = time.monotonic()
+        while time.monotonic() - t_down < down:
+            self.check_stop()
+            time.sleep(0.2)
+        comp.proc = None
+        self.spawn(comp)
+        check = Check("kube-apiserver again", self._apiserver_ready, component="kube-apiserver")
+        self.wait_checks([check], time.monotonic() + self.timeout)
+        restarts = int(self.state.get("apiserver_restarts") or 0) + 1
+        self.write_state(apiserver_restarts=restarts, apiserver_down_seconds=round(time.monotonic() - t_down, 2))
+        request_file.unlink(missing_ok=True)
+        self.log(f"kube-apiserver ready again, {time.monotonic() - t_down:.1f}s after it stopped")
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
