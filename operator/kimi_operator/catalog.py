@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kimi_operator.engine.kinds import LLAMACPP_IMAGE
+
 GB = 1000**3
 GIB = 1024**3
 MIB = 1024**2
@@ -19,6 +21,21 @@ class EngineQuirk:
 
     text: str
     source: str
+
+
+@dataclass(frozen=True)
+class GgufQuant:
+    """One GGUF quantization of a checkpoint: its files in the GGUF repo and their size."""
+
+    name: str
+    bytes: int
+    description: str
+    source: str
+
+    @property
+    def files_glob(self) -> str:
+        """The quantization's shards (Unsloth's layout: one directory per quantization)."""
+        return f"{self.name}/*.gguf"
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,18 @@ class Checkpoint:
     # SGLang's --language-model-only (skip the vision tower) accepts only some architectures at launch.
     language_model_only_supported: bool = False
     quirks: tuple[EngineQuirk, ...] = field(default_factory=tuple)
+    # "gguf": a repo of llama.cpp GGUF quantizations of `gguf_of` (engine.kind llamacpp only)
+    format: str = "safetensors"
+    gguf_of: str = ""
+    gguf_quants: tuple[GgufQuant, ...] = ()
+    # The vision projector (llama.cpp --mmproj), at the top of the GGUF repo.
+    mmproj_glob: str = ""
+    # Share of the weights outside the routed experts (attention, shared expert, embeddings): what stays on the
+    # GPU when llama.cpp puts the experts in host RAM.
+    dense_fraction: float = 0.0
+
+    def quant(self, name: str) -> GgufQuant | None:
+        return next((q for q in self.gguf_quants if q.name.lower() == name.lower()), None)
 
     def kv_bytes_per_token(self, bytes_per_element: int) -> int:
         """MLA caches one compressed latent (kv_lora_rank) plus the rope key per layer per token."""
@@ -66,6 +95,8 @@ class Accelerator:
     # A published layout smaller than a whole node (e.g. MI300X: TP4 on 4 GPUs, two replicas per 8-GPU node).
     sub_node_gpus: int | None = None
     sub_node_source: str = ""
+    # Too small for the safetensors checkpoints on one node: offered to llama.cpp's budget mode only.
+    budget_only: bool = False
 
     @property
     def product_label_key(self) -> str:
@@ -162,6 +193,44 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         qk_rope_head_dim=K2_ROPE_DIM,
         routed_experts=K2_EXPERTS,
     ),
+    "unsloth/Kimi-K2.5-GGUF": Checkpoint(
+        repo="unsloth/Kimi-K2.5-GGUF",
+        served_name="kimi-k2.5",
+        weights_bytes=375 * GB,  # the default quantization's; the planner uses the chosen one's
+        shards=0,
+        max_context=262144,
+        engine_image=LLAMACPP_IMAGE,
+        quantization="GGUF (Unsloth Dynamic)",
+        vision=True,
+        format="gguf",
+        gguf_of="moonshotai/Kimi-K2.5",
+        gguf_quants=(
+            GgufQuant(
+                "UD-TQ1_0",
+                240 * GB,
+                "1.8-bit dynamic: runs on one 24 GB GPU with the experts in ~256 GB RAM",
+                "unsloth.ai/docs/models/kimi-k2.5: 240 GB, ~10 tok/s on 1x24 GB GPU + 256 GB RAM",
+            ),
+            GgufQuant(
+                "UD-Q2_K_XL",
+                375 * GB,
+                "2-bit dynamic: Unsloth's recommended size/quality balance",
+                "unsloth.ai/docs/models/kimi-k2.5: UD-Q2_K_XL (375GB) recommended",
+            ),
+        ),
+        mmproj_glob="mmproj-*.gguf",
+        # 1.04T parameters, of which the routed experts are 384 x 3 x 7168 x 2048 x 60 MoE layers = 1.01T
+        dense_fraction=0.03,
+        sources=(
+            "HF unsloth/Kimi-K2.5-GGUF (one directory per quantization; mmproj for vision)",
+            "unsloth.ai/docs/models/kimi-k2.5: RAM + VRAM >= quant size; -ot '.ffn_.*_exps.=CPU'",
+        ),
+        num_layers=K2_LAYERS,
+        num_attention_heads=K2_HEADS,
+        kv_lora_rank=K2_KV_LORA_RANK,
+        qk_rope_head_dim=K2_ROPE_DIM,
+        routed_experts=K2_EXPERTS,
+    ),
 }
 
 ACCELERATORS: dict[str, Accelerator] = {
@@ -210,6 +279,27 @@ ACCELERATORS: dict[str, Accelerator] = {
         gfx="gfx942",
         sub_node_gpus=4,
         sub_node_source="the MI300X recipe (same gfx942 target, more memory): TP4 on 4 GPUs",
+    ),
+    # Smaller GPUs for llama.cpp's budget mode (engine.kind llamacpp: experts in host RAM).
+    "L40S": Accelerator(
+        "L40S",
+        "nvidia",
+        46068,
+        "NVIDIA-L40S",
+        "nvidia.com/gpu",
+        "nvidia-smi total on L40S 48GB; label as NVIDIA GPU feature discovery writes it",
+        capability=(8, 9),
+        budget_only=True,
+    ),
+    "RTX4090": Accelerator(
+        "RTX4090",
+        "nvidia",
+        24564,
+        "NVIDIA-GeForce-RTX-4090",
+        "nvidia.com/gpu",
+        "nvidia-smi total on GeForce RTX 4090 24GB; label as NVIDIA GPU feature discovery writes it",
+        capability=(8, 9),
+        budget_only=True,
     ),
 }
 

@@ -15,7 +15,8 @@ from kimi_operator import __version__, planner, render
 from kimi_operator.api import rules
 from kimi_operator.api.models import GROUP, KIND, KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
-from kimi_operator.engine import sglang
+from kimi_operator.engine import llamacpp
+from kimi_operator.engine.kinds import FACTS
 from kimi_operator.weights import COMMIT_RE
 
 OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
@@ -99,9 +100,15 @@ def plan_table(spec: KimiDeploymentSpec, name: str) -> str:
         f"  context {p.context_length} tokens, KV cache {p.kv_cache_dtype} ({p.kv_bytes_per_token / 1024:.1f} KiB/token"
         + (f", {p.pp} pipeline stages each cache {-(-61 // p.pp)} of 61 layers" if p.pp > 1 else "")
         + ")",
-        f"  mem-fraction-static {p.mem_fraction_static:.3f}: {p.mem_fraction_source}",
         f"  startup budget {p.startup_budget_seconds // 60} min, weights volume {p.weights_volume_size}",
-        "  engine: " + " ".join(sglang.server_args(p, spec, multi_node=p.nodes_per_replica > 1)),
+    ]
+    if p.engine == "llamacpp":
+        return "\n".join(lines + _budget_lines(p, spec)) + "\n"
+    lines += [
+        f"  {'gpu-memory-utilization' if p.engine == 'vllm' else 'mem-fraction-static'} {p.mem_fraction_static:.3f}: "
+        f"{p.mem_fraction_source}",
+        f"  engine ({FACTS[p.engine].display}): "  # type: ignore[index]  # Plan.engine is a Kind
+        + " ".join(render.engine_command(p, spec, role="leader" if p.nodes_per_replica > 1 else "single")),
         "",
         f"  {'gpus':>4} {'layout':<28} {'mem-frac':>8} {'weights/GPU':>11} {'KV/GPU':>8} {'KV tokens':>10} "
         f"{'full-ctx seqs':>13}  verdict",
@@ -117,6 +124,28 @@ def plan_table(spec: KimiDeploymentSpec, name: str) -> str:
         )
     lines += [f"  note: {n}" for n in p.notes]
     return "\n".join(lines) + "\n"
+
+
+def _budget_lines(p: planner.Plan, spec: KimiDeploymentSpec) -> list[str]:
+    """llama.cpp's budget table: each GGUF quantization against this node's RAM and VRAM."""
+    cpu, memory_gib = planner.engine_requests(p, None)
+    out = [
+        f"  pod requests {cpu} CPU, {memory_gib}Gi memory, {p.gpus_per_pod} GPU; "
+        f"fetches {', '.join(p.fetch_include)} of {p.repo}",
+        "  engine (llama.cpp): llama-server --model <first shard of "
+        f"{p.quant}> " + " ".join(llamacpp.server_args(p, spec, cpu=cpu)),
+        "",
+        f"  {'quant':<12} {'size':>7} {'RAM':>10} {'VRAM':>10} {'experts':<8}  {'speed class':<64} verdict",
+    ]
+    for r in p.budget:
+        verdict = "chosen" if r.quant == p.quant else ("fits" if r.fits else "no: " + r.why_not)
+        out.append(
+            f"  {r.quant:<12} {r.bytes / 1e9:>5.0f} GB {_gib(r.ram_bytes) + ' GiB':>10} "
+            f"{_gib(r.vram_bytes) + ' GiB':>10} {'RAM' if r.experts_on_cpu else 'GPU':<8}  {r.speed_class:<64} "
+            f"{verdict}"
+        )
+    out += [f"  note: {n}" for n in p.notes]
+    return out
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -193,6 +222,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
         verify=args.verify,
         termination_log=args.termination_log,
+        include=tuple(args.include),
     )
 
 
@@ -270,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--concurrency", type=int, default=8, help="files downloaded in parallel (default 8)")
     f.add_argument("--draft-repo", default="", help="also fetch this speculative-decoding draft model")
     f.add_argument("--draft-revision", default="main")
+    f.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="fetch only the files of --repo matching this glob (repeatable; e.g. UD-Q2_K_XL/*.gguf for one GGUF "
+        "quantization); default: what serving a safetensors checkpoint needs",
+    )
     f.add_argument("--progress-file", default="", help="write the progress record (JSON) to this file")
     f.add_argument(
         "--progress-interval",

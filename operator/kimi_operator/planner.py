@@ -18,6 +18,7 @@ sglang 0.5.23's memory_hook heuristic that tests/contract checks against the rea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kimi_operator import catalog, quantity
 from kimi_operator.api.models import KimiDeploymentSpec, TopologySpec
-from kimi_operator.engine import flags
+from kimi_operator.engine import flags, kinds
 from kimi_operator.reasons import Reason
 
 MAX_AUTO_NODES = 4
@@ -43,6 +44,20 @@ MIN_DP_CHUNK = 8192
 PUBLISHED_FRACTION_AMD = (0.80, "AMD's published K2.5 MI300X recipe (--mem-fraction-static 0.8)")
 PUBLISHED_FRACTION_DP = (0.70, "published SGLang DP-attention/EP deployments (~0.7)")
 PUBLISHED_FRACTION_H200_EAGLE3 = (0.90, "SGLang cookbook K2.5 H200 TP8 + EAGLE3 (--mem-fraction-static 0.9)")
+# vLLM gives weights + KV cache + activations this share of each GPU unless told (--gpu-memory-utilization).
+VLLM_GPU_MEMORY_UTILIZATION = 0.90
+# llama.cpp budget mode (engine.kind llamacpp). The guides' --ctx-size is 16384; llama.cpp's compute buffers and
+# the CUDA context take about 2 GiB per GPU (estimate), the process and the OS page tables about 8 GiB of RAM
+# (estimate); loading is reading the GGUF from the volume (same pessimistic rate) plus a warmup.
+LLAMACPP_DEFAULT_CONTEXT = 16384
+LLAMACPP_GPU_OVERHEAD_BYTES = 2 * catalog.GIB
+LLAMACPP_HOST_OVERHEAD_BYTES = 8 * catalog.GIB
+LLAMACPP_POST_LOAD_SECONDS = 300
+LLAMACPP_MIN_STARTUP_SECONDS = 900
+# CPU cores a llama.cpp pod requests (and generation threads) unless engine.resources says; capped at 80% of the
+# node's share like the others.
+LLAMACPP_DEFAULT_CPU = 16
+GGUF_MMPROJ_BYTES = 2 * catalog.GB  # the vision projector beside the shards (estimate, F16 MoonViT)
 # Multi-node: torch.distributed initialisation waits for every node of the group; a node whose image pull or
 # weight read is slow must not time the others out (seconds; --dist-timeout).
 DIST_TIMEOUT_SECONDS = 3600
@@ -90,6 +105,21 @@ class Layout(BaseModel):
         return parallelism_label(self.tp, self.pp, self.ep, self.dp)
 
 
+class BudgetRow(BaseModel):
+    """One GGUF quantization against one node (a row of `kimi-operator plan` for engine.kind llamacpp)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    quant: str
+    bytes: int
+    ram_bytes: int  # host RAM the pod needs with this placement
+    vram_bytes: int  # GPU memory it needs
+    experts_on_cpu: bool
+    fits: bool
+    speed_class: str
+    why_not: str = ""
+
+
 class Plan(BaseModel):
     """Everything the renderers need, decided once."""
 
@@ -132,6 +162,14 @@ class Plan(BaseModel):
     weights_volume_size: str
     candidates: tuple[Layout, ...]
     notes: tuple[str, ...]
+    engine: str = "sglang"
+    # engine.kind llamacpp: the GGUF quantization, what the fetcher downloads, where the experts live
+    quant: str = ""
+    fetch_include: tuple[str, ...] = ()
+    experts_on_cpu: bool = False
+    host_memory_bytes: int = 0  # RAM the engine pod requests (llama.cpp: the experts it keeps in host RAM)
+    speed_class: str = ""
+    budget: tuple[BudgetRow, ...] = ()
 
     @property
     def gpus_per_pod(self) -> int:
@@ -140,6 +178,9 @@ class Plan(BaseModel):
 
     @property
     def summary(self) -> str:
+        if self.engine == "llamacpp":
+            where = "experts in RAM" if self.experts_on_cpu else "all on GPU"
+            return f"{self.gpus_per_replica}x {self.accelerator} llama.cpp {self.quant} ({where})"
         size = (
             f"{self.nodes_per_replica}x{self.gpus_per_node}"
             if self.gpus_per_replica >= self.gpus_per_node
@@ -163,6 +204,7 @@ class _Options:
     user_chunk: bool  # extraArgs set --chunked-prefill-size
     user_chunk_size: int | None = None  # ... to this
     user_max_running: int | None = None  # extraArgs' --max-running-requests
+    engine: str = "sglang"
 
 
 def gib(n: int) -> str:
@@ -247,6 +289,8 @@ def _mem_fraction(
 ) -> tuple[float, str]:
     if opts.fraction_percent is not None:
         return opts.fraction_percent / 100, "engine.memFractionStaticPercent"
+    if opts.engine == "vllm":
+        return VLLM_GPU_MEMORY_UTILIZATION, f"vLLM {kinds.VLLM_VERSION}'s default --gpu-memory-utilization"
     if acc.vendor == "amd":
         return PUBLISHED_FRACTION_AMD
     if dp > 1:
@@ -377,7 +421,9 @@ def _check_engine_quirks(ckpt: catalog.Checkpoint, extra_args: list[str]) -> Non
         )
 
 
-def _check_placement_and_volumes(spec: KimiDeploymentSpec, ckpt: catalog.Checkpoint, acc: catalog.Accelerator) -> None:
+def _check_placement_and_volumes(
+    spec: KimiDeploymentSpec, ckpt: catalog.Checkpoint, acc: catalog.Accelerator, *, check_size: bool = True
+) -> None:
     """Refuse what would plan for the wrong GPU, or could never hold the checkpoint."""
     topo = spec.topology
     selected = topo.node_selector.get(acc.product_label_key)
@@ -396,7 +442,7 @@ def _check_placement_and_volumes(spec: KimiDeploymentSpec, ckpt: catalog.Checkpo
             "topology.network.shmSize must be more than 0: NCCL and SGLang's workers exchange data through /dev/shm "
             "(64Gi is the default and recommended)",
         )
-    if spec.weights.size is not None and quantity.parse(spec.weights.size) < ckpt.weights_bytes:
+    if check_size and spec.weights.size is not None and quantity.parse(spec.weights.size) < ckpt.weights_bytes:
         raise PlanError(
             Reason.VOLUME_TOO_SMALL,
             f"weights.size {spec.weights.size} cannot hold {ckpt.repo} ({ckpt.weights_bytes / catalog.GB:.0f} GB = "
@@ -442,7 +488,26 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         )
     eng = spec.engine
     notes: list[str] = []
-    _check_engine_quirks(ckpt, eng.extra_args)
+    if ckpt.format == "gguf" and eng.kind != "llamacpp":
+        raise PlanError(
+            Reason.UNSUPPORTED_BY_ENGINE,
+            f"model.repo {ckpt.repo} holds GGUF quantizations, which only llama.cpp serves; set engine.kind: "
+            f"llamacpp, or model.repo: {ckpt.gguf_of} for {kinds.FACTS[eng.kind].display}",
+        )
+    if eng.kind == "llamacpp":
+        return _plan_llamacpp(spec, ckpt, acc)
+    if acc.budget_only:
+        raise PlanError(
+            Reason.DOES_NOT_FIT,
+            f"topology.accelerator {acc.key} ({gib(acc.memory_bytes)} GiB) is offered for llama.cpp's budget mode "
+            f"only: {ckpt.repo} ({ckpt.weights_bytes / catalog.GB:.0f} GB) does not fit {kinds.FACTS[eng.kind].display}"
+            " on nodes of these GPUs; set engine.kind: llamacpp with model.repo: unsloth/Kimi-K2.5-GGUF, or use "
+            "H200/B200 nodes",
+        )
+    if eng.kind == "vllm":
+        _check_vllm(spec)
+    if eng.kind == "sglang":
+        _check_engine_quirks(ckpt, eng.extra_args)
     _check_placement_and_volumes(spec, ckpt, acc)
     context = eng.context_length or ckpt.max_context
     if context > ckpt.max_context:
@@ -456,7 +521,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
             Reason.INVALID_SPEC,
             f"engine.languageModelOnly: {ckpt.repo} is a text-only checkpoint (no vision tower to skip); remove it",
         )
-    if eng.language_model_only and not ckpt.language_model_only_supported:
+    if eng.language_model_only and eng.kind == "sglang" and not ckpt.language_model_only_supported:
         raise PlanError(
             Reason.UNSUPPORTED_BY_ENGINE,
             f"engine.languageModelOnly: SGLang {catalog.SGLANG_VERSION} refuses --language-model-only for "
@@ -472,7 +537,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     speculative = eng.speculative
     max_running = (
         None
-        if speculative is None or _has_flag(eng.extra_args, "max_running_requests")
+        if speculative is None or eng.kind != "sglang" or _has_flag(eng.extra_args, "max_running_requests")
         else speculative.max_running_requests
     )
     rdma = bool(topo.network.rdma_resource)
@@ -490,7 +555,10 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         user_chunk=_has_flag(eng.extra_args, "chunked_prefill_size"),
         user_chunk_size=_int_flag(eng.extra_args, "chunked_prefill_size"),
         user_max_running=_int_flag(eng.extra_args, "max_running_requests"),
+        engine=eng.kind,
     )
+    if eng.kind != "sglang":  # the SGLang option parsing above does not apply to another engine's extraArgs
+        opts = dataclasses.replace(opts, user_chunk=False, user_chunk_size=None, user_max_running=None)
     candidates = _candidates(ckpt, acc, topo, opts)
     chosen = next((c for c in candidates if c.fits), None)
     if chosen is None:
@@ -519,7 +587,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
             f"WARNING: TP{chosen.tp} spans {chosen.nodes} nodes without RDMA (topology.network.rdmaResource unset): "
             "every layer all-reduces over TCP; set engine.pipelineParallel: true or give the pods RDMA"
         )
-    if speculative is not None:
+    if speculative is not None and eng.kind == "sglang":
         if max_running is not None:
             notes.append(
                 f"EAGLE3: at most {max_running} concurrent requests per replica (--max-running-requests; SGLang's "
@@ -539,7 +607,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         repo=ckpt.repo,
         revision=spec.model.revision,
         served_model_name=served,
-        image=eng.image or catalog.ENGINE_IMAGES.get(acc.vendor, ckpt.engine_image),
+        image=eng.image or _default_image(eng.kind, acc, ckpt),
         accelerator=acc.key,
         vendor=acc.vendor,
         gpu_resource_name=topo.gpu_resource_name or acc.resource_name,
@@ -572,7 +640,26 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
         weights_volume_size=spec.weights.size or _volume_size(ckpt.weights_bytes),
         candidates=candidates,
         notes=tuple(notes),
+        engine=eng.kind,
     )
+
+
+def _default_image(kind: str, acc: catalog.Accelerator, ckpt: catalog.Checkpoint) -> str:
+    if kind == "vllm":
+        return kinds.VLLM_ROCM_IMAGE if acc.vendor == "amd" else kinds.VLLM_IMAGE
+    if kind == "llamacpp":
+        return kinds.LLAMACPP_IMAGE
+    return catalog.ENGINE_IMAGES.get(acc.vendor, ckpt.engine_image)
+
+
+def _check_vllm(spec: KimiDeploymentSpec) -> None:
+    """What the operator does not (yet) render for vLLM, refused with what to do instead."""
+    if spec.engine.data_parallel_attention:
+        raise PlanError(
+            Reason.UNSUPPORTED_BY_ENGINE,
+            "engine.dataParallelAttention is rendered for SGLang only (vLLM's data-parallel attention needs "
+            "--data-parallel-size with expert parallelism, not planned here); remove it or use engine.kind: sglang",
+        )
 
 
 def engine_requests(plan: Plan, node_allocatable: tuple[int, int] | None) -> tuple[int, int]:
@@ -582,6 +669,14 @@ def engine_requests(plan: Plan, node_allocatable: tuple[int, int] | None) -> tup
     matching node's share for those GPUs (`node_allocatable` = (millicores, bytes) of that node, None when the
     operator cannot see nodes), and at least 1 core and 1 GiB.
     """
+    if plan.engine == "llamacpp":
+        # The experts run on the CPU: cores matter, and the RAM the planner sized is needed whatever the node says
+        # (a node without it leaves the pod Pending, which says so, instead of an OOM kill mid-load).
+        cpu = LLAMACPP_DEFAULT_CPU
+        mem = math.ceil(plan.host_memory_bytes / catalog.GIB)
+        if node_allocatable is not None:
+            cpu = min(cpu, int(node_allocatable[0] / 1000 * plan.gpus_per_pod / plan.gpus_per_node * 0.8))
+        return max(cpu, 1), max(mem, 1)
     cpu = catalog.HOST_CPU_PER_GPU * plan.gpus_per_pod
     mem = catalog.HOST_MEMORY_GIB_PER_GPU * plan.gpus_per_pod
     if node_allocatable is not None:
@@ -615,6 +710,7 @@ def _does_not_fit(
         for a in sorted(catalog.ACCELERATORS.values(), key=lambda a: a.memory_mib)
         if a.vendor == acc.vendor
         and a.key != acc.key
+        and not a.budget_only
         and evaluate(ckpt, a, max(fixed, 1), topo.gpus_per_node, opts).fits
     ]
     if fitting:
@@ -626,6 +722,214 @@ def _does_not_fit(
     if not advice:
         return f"{first.why_not}; no layout of up to {MAX_AUTO_NODES} nodes of {acc.key} fits this checkpoint"
     return f"{first.why_not}; use {', or '.join(advice)}"
+
+
+# ------------------------------------------------------------------------------------------------ llama.cpp
+def _kv_cache_bytes(ckpt: catalog.Checkpoint, context: int, kv_dtype: str) -> int:
+    """llama.cpp's MLA cache for one full context: f16 by default, q8_0 for the fp8 choices."""
+    element = 1 if kv_dtype.startswith("fp8") else 2
+    return ckpt.kv_bytes_per_token(element) * context
+
+
+def budget_row(
+    ckpt: catalog.Checkpoint, quant: catalog.GgufQuant, *, vram: int, gpus: int, ram: int, kv: int
+) -> BudgetRow:
+    """Where one quantization's weights go on a node with `vram` bytes over `gpus` GPUs and `ram` bytes of RAM.
+
+    All on the GPUs when it fits with the KV cache and compute buffers; else the routed experts in host RAM
+    (`-ot .ffn_.*_exps.=CPU`, as the guides do) and attention, shared expert and KV cache on the GPUs; else refused.
+    """
+    gpu_overhead = LLAMACPP_GPU_OVERHEAD_BYTES * max(gpus, 1)
+    dense = math.ceil(quant.bytes * ckpt.dense_fraction)
+    experts = quant.bytes - dense
+    if gpus and quant.bytes + kv + gpu_overhead <= vram:
+        need_ram = LLAMACPP_HOST_OVERHEAD_BYTES
+        return BudgetRow(
+            quant=quant.name,
+            bytes=quant.bytes,
+            ram_bytes=need_ram,
+            vram_bytes=quant.bytes + kv + gpu_overhead,
+            experts_on_cpu=False,
+            fits=need_ram <= ram,
+            speed_class="GPU only: fastest (tens of tok/s; unsloth: >40 tok/s when it fits a B200)",
+            why_not="" if need_ram <= ram else f"needs {gib(need_ram)} GiB RAM, the node gives {gib(ram)} GiB",
+        )
+    need_vram = dense + kv + gpu_overhead if gpus else 0
+    need_ram = experts + LLAMACPP_HOST_OVERHEAD_BYTES + (0 if gpus else dense + kv)
+    why = ""
+    if gpus and need_vram > vram:
+        why = (
+            f"attention, shared expert and KV cache need {gib(need_vram)} GiB of GPU memory, the node has "
+            f"{gib(vram)} GiB"
+        )
+    elif need_ram > ram:
+        why = (
+            f"RAM + VRAM = {gib(ram)} + {gib(vram)} GiB; the experts alone need {gib(need_ram)} GiB of RAM "
+            f"({quant.bytes / catalog.GB:.0f} GB quantization)"
+        )
+    return BudgetRow(
+        quant=quant.name,
+        bytes=quant.bytes,
+        ram_bytes=need_ram,
+        vram_bytes=need_vram,
+        experts_on_cpu=True,
+        fits=not why,
+        speed_class=(
+            "experts in host RAM: RAM-bandwidth bound (unsloth: ~10 tok/s on 1x24 GB GPU + 256 GB RAM)"
+            if gpus
+            else "CPU only: slowest (a few tok/s)"
+        ),
+        why_not=why,
+    )
+
+
+def _plan_llamacpp(spec: KimiDeploymentSpec, ckpt: catalog.Checkpoint, acc: catalog.Accelerator) -> Plan:
+    """Budget mode: one pod per replica on one node, the GGUF quantization sized from host RAM + VRAM."""
+    eng, topo = spec.engine, spec.topology
+    if ckpt.format != "gguf":
+        gguf = next((c.repo for c in catalog.CHECKPOINTS.values() if c.gguf_of == ckpt.repo), None)
+        raise PlanError(
+            Reason.UNSUPPORTED_BY_ENGINE,
+            f"engine.kind llamacpp serves GGUF files; model.repo {ckpt.repo} holds safetensors"
+            + (
+                f": set model.repo: {gguf} (its GGUF quantizations)" if gguf else " and the catalog knows no GGUF of it"
+            ),
+        )
+    if topo.host_memory is None:
+        raise PlanError(
+            Reason.INVALID_SPEC,
+            "topology.hostMemory is required for engine.kind llamacpp: the planner sizes the quantization from the "
+            "node's RAM + VRAM (e.g. hostMemory: 512Gi for a node with 512 GiB of RAM)",
+        )
+    if topo.nodes_per_replica > 1:
+        raise PlanError(
+            Reason.INVALID_TOPOLOGY,
+            "engine.kind llamacpp runs one pod per replica on one node; set topology.nodesPerReplica: 0 or 1",
+        )
+    for field_name, value in (
+        ("dataParallelAttention", eng.data_parallel_attention),
+        ("expertParallel", eng.expert_parallel),
+        ("pipelineParallel", eng.pipeline_parallel),
+        ("speculative", eng.speculative is not None),
+        ("memFractionStaticPercent", eng.mem_fraction_static_percent is not None),
+    ):
+        if value:
+            raise PlanError(
+                Reason.UNSUPPORTED_BY_ENGINE,
+                f"engine.{field_name} is an SGLang/vLLM setting; llama.cpp's placement is planned from "
+                "topology.hostMemory and the GPUs; remove it",
+            )
+    _check_placement_and_volumes(spec, ckpt, acc, check_size=False)
+    context = eng.context_length or LLAMACPP_DEFAULT_CONTEXT
+    if context > ckpt.max_context:
+        raise PlanError(
+            Reason.CONTEXT_TOO_LONG,
+            f"engine.contextLength {context} exceeds {ckpt.repo}'s maximum of {ckpt.max_context} tokens; "
+            f"remove it or set at most {ckpt.max_context}",
+        )
+    gpus = topo.gpus_per_replica or topo.gpus_per_node
+    vram = gpus * acc.memory_bytes
+    ram = int(quantity.parse(topo.host_memory))
+    kv = _kv_cache_bytes(ckpt, context, eng.kv_cache_dtype)
+    rows = tuple(budget_row(ckpt, q, vram=vram, gpus=gpus, ram=ram, kv=kv) for q in ckpt.gguf_quants)
+    if eng.quantization is not None:
+        quant = ckpt.quant(eng.quantization)
+        if quant is None:
+            known = ", ".join(q.name for q in ckpt.gguf_quants)
+            raise PlanError(
+                Reason.INVALID_SPEC,
+                f"engine.quantization {eng.quantization!r} is not in the catalog for {ckpt.repo}; known: {known}",
+            )
+        row = next(r for r in rows if r.quant == quant.name)
+        if not row.fits:
+            smaller = [r.quant for r in rows if r.fits]
+            raise PlanError(
+                Reason.DOES_NOT_FIT,
+                f"{quant.name} ({quant.bytes / catalog.GB:.0f} GB) does not fit one node of {gpus} x {acc.key} "
+                f"with {topo.host_memory} RAM: {row.why_not}; "
+                + (f"use engine.quantization: {smaller[-1]}" if smaller else "use a node with more RAM or GPUs"),
+            )
+    else:
+        fitting = [r for r in rows if r.fits]
+        if not fitting:
+            smallest = min(rows, key=lambda r: r.bytes)
+            raise PlanError(
+                Reason.DOES_NOT_FIT,
+                f"no GGUF quantization of {ckpt.repo} fits one node of {gpus} x {acc.key} ({gib(vram)} GiB VRAM) "
+                f"with {topo.host_memory} RAM: the smallest, {smallest.quant} "
+                f"({smallest.bytes / catalog.GB:.0f} GB), {smallest.why_not}; RAM + VRAM must hold the quantization "
+                f"(at least {gib(smallest.ram_bytes + min(smallest.vram_bytes, vram))} GiB together here)",
+            )
+        row = max(fitting, key=lambda r: r.bytes)  # the best quality that fits
+        quant = next(q for q in ckpt.gguf_quants if q.name == row.quant)
+    volume = quant.bytes + (GGUF_MMPROJ_BYTES if not (eng.language_model_only or not ckpt.vision) else 0)
+    if spec.weights.size is not None and quantity.parse(spec.weights.size) < volume:
+        raise PlanError(
+            Reason.VOLUME_TOO_SMALL,
+            f"weights.size {spec.weights.size} cannot hold {quant.name} of {ckpt.repo} ({volume / catalog.GB:.0f} "
+            f"GB); use at least {_volume_size(volume)}, or remove it for that default",
+        )
+    notes = [
+        f"llama.cpp: {quant.name} ({quant.bytes / catalog.GB:.0f} GB, {quant.description}); "
+        + (
+            f"MoE experts in host RAM ({gib(row.ram_bytes)} GiB requested), attention and KV cache on the GPUs"
+            if row.experts_on_cpu
+            else "every layer on the GPUs"
+        )
+    ]
+    language_only = eng.language_model_only or not ckpt.vision
+    include = [quant.files_glob] + ([ckpt.mmproj_glob] if not language_only and ckpt.mmproj_glob else [])
+    startup = max(
+        LLAMACPP_MIN_STARTUP_SECONDS,
+        math.ceil((quant.bytes / LOAD_BYTES_PER_SECOND + LLAMACPP_POST_LOAD_SECONDS) / 60) * 60,
+    )
+    return Plan(
+        repo=ckpt.repo,
+        revision=spec.model.revision,
+        served_model_name=spec.model.served_model_name or ckpt.served_name,
+        image=eng.image or _default_image("llamacpp", acc, ckpt),
+        accelerator=acc.key,
+        vendor=acc.vendor,
+        gpu_resource_name=topo.gpu_resource_name or acc.resource_name,
+        gpu_product_label_key=acc.product_label_key,
+        gpu_product_label=acc.product_label,
+        gpus_per_node=topo.gpus_per_node,
+        nodes_per_replica=1,
+        gpus_per_replica=gpus,
+        tp=1,
+        pp=1,
+        ep=1,
+        dp=1,
+        data_parallel_attention=False,
+        rdma=False,
+        context_length=context,
+        mem_fraction_static=0.0,
+        mem_fraction_source="llama.cpp places layers by size (no memory fraction)",
+        chunked_prefill_size=None,
+        max_running_requests=None,
+        language_model_only=language_only,
+        dist_timeout_seconds=None,
+        kv_cache_dtype=eng.kv_cache_dtype,
+        kv_bytes_per_token=kv // context,
+        weights_bytes=quant.bytes,
+        weights_bytes_per_gpu=math.ceil(
+            (math.ceil(quant.bytes * ckpt.dense_fraction) if row.experts_on_cpu else quant.bytes) / max(gpus, 1)
+        ),
+        kv_budget_bytes_per_gpu=kv // max(gpus, 1),
+        kv_cache_tokens=context,
+        max_full_context_sequences=1,
+        startup_budget_seconds=startup,
+        weights_volume_size=spec.weights.size or _volume_size(volume),
+        candidates=(),
+        notes=tuple(notes),
+        engine="llamacpp",
+        quant=quant.name,
+        fetch_include=tuple(include),
+        experts_on_cpu=row.experts_on_cpu,
+        host_memory_bytes=row.ram_bytes,
+        speed_class=row.speed_class,
+        budget=rows,
+    )
 
 
 # What each startup phase takes before this cluster has measured any start (the ETA's first guess, and the stall

@@ -12,10 +12,11 @@ import jinja2
 import markupsafe
 import yaml
 
-from kimi_operator import gateway
+from kimi_operator import gateway, quantity
 from kimi_operator.api.models import GROUP, KIND, VERSION, KimiDeploymentSpec
 from kimi_operator.config import OperatorConfig
-from kimi_operator.engine import sglang
+from kimi_operator.engine import llamacpp, sglang, vllm
+from kimi_operator.engine.kinds import FACTS
 from kimi_operator.planner import Plan, engine_requests
 
 Manifest = dict[str, Any]
@@ -213,6 +214,12 @@ def _resources(plan: Plan, spec: KimiDeploymentSpec, node_allocatable: tuple[int
     return {"requests": requests, "limits": limits}
 
 
+def _cpu_cores(resources: dict[str, Any]) -> int:
+    """Whole CPU cores the engine container may use: its request, else its limit (0 when neither is set)."""
+    value = resources["requests"].get("cpu") or resources["limits"].get("cpu")
+    return int(quantity.parse(value)) if value else 0
+
+
 FETCH_RESOURCES: dict[str, dict[str, str]] = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
 
 
@@ -279,6 +286,7 @@ def context(
                 if spec.engine.speculative is not None
                 else []
             ),
+            *(arg for pattern in plan.fetch_include for arg in ("--include", pattern)),
         ],
         "weights_check_command": [
             "kimi-operator",
@@ -294,15 +302,16 @@ def context(
         "fetch_uid": FETCH_UID,
         "fetch_resources": fetch_resources(spec),
         "operator_image_pull_policy": config.operator_image_pull_policy,
-        "env": sglang.env(plan, spec),
-        "probes": sglang.probes(plan),
+        "env": engine_env(plan, spec),
+        "probes": engine_probes(plan),
         "lifecycle": sglang.lifecycle(),
         "resources": _resources(plan, spec, node_allocatable),
-        "kernel_cache_mount": sglang.KERNEL_CACHE_MOUNT,
+        "engine_container": FACTS[plan.engine].container,  # type: ignore[index]  # Plan.engine is a Kind
+        "kernel_cache_mount": _kernel_cache_mount(plan),
         "kernel_cache_subpath": sglang.kernel_cache_subpath(plan.image),
         "node_selector": _node_selector(plan, spec),
         "tolerations": [t.wire() for t in spec.topology.tolerations],
-        "termination_grace": sglang.TERMINATION_GRACE_SECONDS,
+        "termination_grace": _termination_grace(plan),
         "owner_name": owner.name,
         "service_selector": selector(owner.name),
         "gw": _gateway_context(owner, spec, config),
@@ -314,16 +323,59 @@ def context(
     }
     api_key_env = gateway.api_key_env(spec)
 
+    cpu = _cpu_cores(ctx["resources"])
+
     def pod_spec(role: str) -> Manifest:
-        command = sglang.command(plan, spec, multi_node=role != "single")
+        command = engine_command(plan, spec, role=role, cpu=cpu)
         role_env = ctx["env"]
-        if api_key_env and role != "worker":  # the serving pod checks the key; SGLang reads it from the env
-            command = gateway.engine_command(command)
-            role_env = [*role_env, *api_key_env]
+        if api_key_env and role != "worker":  # the serving pod checks the key
+            if plan.engine == "sglang":  # SGLang takes it only as --api-key: a launcher reads it from the env
+                command = gateway.engine_command(command)
+                role_env = [*role_env, *api_key_env]
+            else:  # vLLM (VLLM_API_KEY) and llama-server (LLAMA_API_KEY) read their own variable
+                name = vllm.API_KEY_ENV if plan.engine == "vllm" else llamacpp.API_KEY_ENV
+                role_env = [*role_env, *({**e, "name": name} for e in api_key_env)]
         return _render("engine-pod.yaml.j2", {**ctx, "env": role_env, "role": role, "role_command": command})
 
     ctx["pod_spec"] = pod_spec
     return ctx
+
+
+def engine_command(plan: Plan, spec: KimiDeploymentSpec, *, role: str = "single", cpu: int = 0) -> list[str]:
+    """The engine container's command for one role (single, leader, worker) of the plan's engine."""
+    if plan.engine == "vllm":
+        return vllm.command(plan, spec, role=role)
+    if plan.engine == "llamacpp":
+        return llamacpp.command(plan, spec, cpu=cpu)
+    return sglang.command(plan, spec, multi_node=role != "single")
+
+
+def engine_env(plan: Plan, spec: KimiDeploymentSpec) -> list[dict[str, Any]]:
+    if plan.engine == "vllm":
+        return vllm.env(plan, spec)
+    if plan.engine == "llamacpp":
+        return llamacpp.env(plan, spec)
+    return sglang.env(plan, spec)
+
+
+def engine_probes(plan: Plan) -> dict[str, dict[str, Any]]:
+    if plan.engine == "vllm":
+        return vllm.probes(plan)
+    if plan.engine == "llamacpp":
+        return llamacpp.probes(plan)
+    return sglang.probes(plan)
+
+
+def _kernel_cache_mount(plan: Plan) -> str:
+    return {"vllm": vllm.KERNEL_CACHE_MOUNT, "llamacpp": llamacpp.KERNEL_CACHE_MOUNT}.get(
+        plan.engine, sglang.KERNEL_CACHE_MOUNT
+    )
+
+
+def _termination_grace(plan: Plan) -> int:
+    return {"vllm": vllm.TERMINATION_GRACE_SECONDS, "llamacpp": llamacpp.TERMINATION_GRACE_SECONDS}.get(
+        plan.engine, sglang.TERMINATION_GRACE_SECONDS
+    )
 
 
 def _gateway_context(owner: Owner, spec: KimiDeploymentSpec, config: OperatorConfig) -> dict[str, Any]:

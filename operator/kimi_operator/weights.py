@@ -99,8 +99,11 @@ def ref_file(root: str, repo: str, revision: str) -> str:
     return f"{root.rstrip('/')}/{repo}/{REFS_DIR}/{safe}"
 
 
-def wanted(filename: str) -> bool:
-    """Whether a repo file belongs on the weights volume (serving needs it), by name only."""
+def wanted(filename: str, include: tuple[str, ...] = ()) -> bool:
+    """Whether a repo file belongs on the weights volume (serving needs it), by name only. With `include` (globs
+    on the path in the repo, e.g. one GGUF quantization's directory), exactly the files they match."""
+    if include:
+        return any(fnmatch.fnmatchcase(filename, p) for p in include)
     parts = filename.split("/")
     if any(p in IGNORE_DIRS for p in parts[:-1]):
         return False

@@ -22,7 +22,11 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 DRAFT_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 PROFILES: dict[str, dict[str, Any]] = {
-    **{f"accelerator-{a}": {"topology": {"accelerator": a}} for a in catalog.ACCELERATORS},
+    **{
+        f"accelerator-{k}": {"topology": {"accelerator": k}}
+        for k, a in catalog.ACCELERATORS.items()
+        if not a.budget_only
+    },
     "dp-attention": {"engine": {"dataParallelAttention": True}},
     "expert-parallel": {"engine": {"expertParallel": True}},
     "fp8-kv-128k": {"engine": {"kvCacheDtype": "fp8_e4m3", "contextLength": 131072}},
@@ -65,7 +69,29 @@ def example_specs() -> dict[str, dict[str, Any]]:
     return out
 
 
-CASES = {**example_specs(), **PROFILES}
+def _kind(spec: dict[str, Any]) -> str:
+    return str((spec.get("engine") or {}).get("kind", "sglang"))
+
+
+# SGLang's command lines (tests/contract/test_rendered_lines.py, test_launch.py)
+CASES = {name: spec for name, spec in {**example_specs(), **PROFILES}.items() if _kind(spec) == "sglang"}
+# vLLM's (tests/contract/test_vllm_launch.py): every vLLM example and the planner branches vLLM shares with SGLang
+VLLM_PROFILES: dict[str, dict[str, Any]] = {
+    "vllm-h200": {"engine": {"kind": "vllm"}},
+    "vllm-b200": {"engine": {"kind": "vllm"}, "topology": {"accelerator": "B200"}},
+    "vllm-h100-tp8-pp2": {"engine": {"kind": "vllm"}, "topology": {"accelerator": "H100"}},
+    "vllm-h200-eagle3": {"engine": {"kind": "vllm", "speculative": {}}},
+    "vllm-h200-128k-language-only": {
+        "engine": {"kind": "vllm", "contextLength": 131072, "languageModelOnly": True},
+    },
+    "vllm-h200-fp8-kv": {"engine": {"kind": "vllm", "kvCacheDtype": "fp8_e4m3"}},
+    "vllm-h200-expert-parallel": {"engine": {"kind": "vllm", "expertParallel": True}},
+    "vllm-k2-thinking": {"engine": {"kind": "vllm"}, "model": {"repo": "moonshotai/Kimi-K2-Thinking"}},
+}
+VLLM_CASES = {
+    **{name: spec for name, spec in example_specs().items() if _kind(spec) == "vllm"},
+    **VLLM_PROFILES,
+}
 
 
 @dataclass(frozen=True)

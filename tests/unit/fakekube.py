@@ -399,7 +399,7 @@ class FakeHub(Resolver):
     have (RevisionNotFound). The real Resolver's 40-hex short cut stays; its cache does not (tests change what the
     Hub answers between two reconciles)."""
 
-    MODEL_REPO = "moonshotai/Kimi-K2.5"
+    MODEL_REPOS = ("moonshotai/Kimi-K2.5", "unsloth/Kimi-K2.5-GGUF")  # the model (safetensors or GGUF)
 
     def __init__(self, revisions: dict[str, str] | None = None) -> None:
         super().__init__(None)
@@ -409,7 +409,7 @@ class FakeHub(Resolver):
 
     def _ask(self, repo: str, revision: str, token: str | None) -> tuple[str | None, str, bool]:
         self.asked.append((repo, revision if token is None else f"{revision} (with a token)"))
-        key = revision if repo == self.MODEL_REPO else "draft"
+        key = revision if repo in self.MODEL_REPOS else "draft"
         if key in self.hub:
             return self.hub[key], "", False
         if key in self.absent:

@@ -76,6 +76,20 @@ def _pod_specs(m: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def _loaded_paths(command: list[str]) -> list[str]:
+    """The snapshot directories an engine command loads: SGLang's --model-path and draft, vLLM's model and the
+    speculative config's model, llama.cpp's directory (the prologue's first argument)."""
+    if command[:2] == ["vllm", "serve"]:
+        paths = [command[2]]
+        if "--speculative-config" in command:
+            paths.append(json.loads(command[command.index("--speculative-config") + 1])["model"])
+        return paths
+    if command[:2] == ["sh", "-c"] and command[3] == "llama-server":
+        return [command[4]]
+    flags = ("--model-path", "--speculative-draft-model-path")
+    return [command[command.index(flag) + 1] for flag in flags if flag in command]
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_every_engine_pod_checks_the_snapshots_its_engine_loads(example: Path) -> None:
     """The init container checks exactly the directories the engine is pointed at (--model-path, the draft), in
@@ -91,8 +105,7 @@ def test_every_engine_pod_checks_the_snapshots_its_engine_loads(example: Path) -
     for pod in pods:
         (init,) = pod["initContainers"]
         command = pod["containers"][0]["command"]
-        flags = ("--model-path", "--speculative-draft-model-path")
-        paths = [command[command.index(flag) + 1] for flag in flags if flag in command]
+        paths = _loaded_paths(command)
         assert paths and init["command"] == ["kimi-operator", "check-weights", *paths]
         assert init["image"] == CONFIG.operator_image
         assert init["volumeMounts"] == [{"name": "weights", "mountPath": "/models", "readOnly": True}]

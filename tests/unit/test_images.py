@@ -28,7 +28,7 @@ import pytest
 from kimi_operator import gateway, planner
 from kimi_operator.api.models import KimiDeploymentSpec
 from kimi_operator.catalog import CHECKPOINTS
-from kimi_operator.engine import sglang
+from kimi_operator.engine import kinds, sglang
 from kimi_testbed import images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,8 +286,14 @@ def test_hub_standin_layout_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_engine_images_are_pinned_releases() -> None:
     readme = (ROOT / "images" / "README.md").read_text()
     for repo, ckpt in CHECKPOINTS.items():
-        assert re.fullmatch(r"[\w./-]+:v\d+\.\d+\.\d+", ckpt.engine_image), ckpt.engine_image
+        if ckpt.format == "gguf":  # llama.cpp publishes a rolling tag and build numbers, said in images/README.md
+            assert ckpt.engine_image == kinds.LLAMACPP_IMAGE
+        else:
+            assert re.fullmatch(r"[\w./-]+:v\d+\.\d+\.\d+", ckpt.engine_image), ckpt.engine_image
         assert f"| {repo} | `{ckpt.engine_image}` |" in readme, f"images/README.md does not name {repo}'s image"
+    for image in (kinds.VLLM_IMAGE, kinds.VLLM_ROCM_IMAGE):
+        assert image.endswith(f":v{kinds.VLLM_VERSION}") and f"`{image}`" in readme, image
+    assert f"`{kinds.LLAMACPP_IMAGE}`" in readme
 
 
 def _dir_size(path: Path) -> int:

@@ -30,6 +30,7 @@ from kimi_operator.api.models import (
     KimiDeploymentStatus,
 )
 from kimi_operator.api.rules import RULES
+from kimi_operator.engine import kinds
 from kimi_operator.engine.flags import owned_pattern
 
 Schema = dict[str, Any]
@@ -42,18 +43,61 @@ OWNED_FLAGS_RE = owned_pattern()
 CEL_RULES: dict[str, list[dict[str, str]]] = {}
 for _rule in RULES:
     CEL_RULES.setdefault(_rule.path, []).append({"rule": _rule.cel, "message": _rule.message})
+CEL_RULES.setdefault("spec.engine", []).extend(
+    [
+        {
+            "rule": "self.kind != 'sglang' || !has(self.extraArgs) || "
+            f"self.extraArgs.all(a, !a.matches('{OWNED_FLAGS_RE}'))",
+            "messageExpression": "'engine.extraArgs: ' + self.extraArgs.filter(a, a.matches('"
+            + OWNED_FLAGS_RE
+            + "'))[0] + ' is set by the operator from the plan; use the matching spec field "
+            "(model, topology or engine) instead'",
+        },
+        {
+            "rule": "self.kind != 'sglang' || !has(self.extraArgs) || "
+            "self.extraArgs.all(a, !a.startsWith('--enable-ep-moe'))",
+            "message": "engine.extraArgs: --enable-ep-moe was removed from SGLang; set engine.expertParallel: true",
+        },
+        *(
+            {
+                "rule": f"self.kind != '{kind}' || !has(self.extraArgs) || "
+                f"self.extraArgs.all(a, !a.matches('{kinds.owned_pattern(kind)}'))",
+                "messageExpression": "'engine.extraArgs: ' + self.extraArgs.filter(a, a.matches('"
+                + kinds.owned_pattern(kind)
+                + f"'))[0] + ' is set by the operator for {kinds.FACTS[kind].display} from the plan; use the matching "
+                "spec field (model, topology or engine) instead'",
+            }
+            for kind in kinds.KINDS
+            if kind != "sglang"
+        ),
+        *(
+            {
+                "rule": f"self.kind != '{kind}' || !has(self.env) || self.env.all(e, !(e.name in "
+                + "["
+                + ", ".join(f"'{n}'" for n in sorted(kinds.FACTS[kind].owned_env))
+                + "])"
+                + "".join(f" && !e.name.startsWith('{p}')" for p in kinds.FACTS[kind].owned_env_prefixes)
+                + ")",
+                "message": f"engine.env: the operator sets {', '.join(sorted(kinds.FACTS[kind].owned_env))} for "
+                f"{kinds.FACTS[kind].display}"
+                + (
+                    f", and {kinds.FACTS[kind].owned_env_prefixes[0]}* variables would set its options behind the "
+                    "operator's back (use engine.extraArgs)"
+                    if kinds.FACTS[kind].owned_env_prefixes
+                    else ""
+                )
+                + "; remove them",
+            }
+            for kind in kinds.KINDS
+            if kind != "sglang"
+        ),
+        {
+            "rule": "self.kind == 'llamacpp' || !has(self.quantization)",
+            "message": "engine.quantization picks a GGUF file for engine.kind llamacpp; remove it",
+        },
+    ]
+)
 CEL_RULES["spec.engine.extraArgs"] = [
-    {
-        "rule": f"self.all(a, !a.matches('{OWNED_FLAGS_RE}'))",
-        "messageExpression": "'engine.extraArgs: ' + self.filter(a, a.matches('"
-        + OWNED_FLAGS_RE
-        + "'))[0] + ' is set by the operator from the plan; use the matching spec field "
-        "(model, topology or engine) instead'",
-    },
-    {
-        "rule": "self.all(a, !a.startsWith('--enable-ep-moe'))",
-        "message": "engine.extraArgs: --enable-ep-moe was removed from SGLang; set engine.expertParallel: true",
-    },
     {
         "rule": "self.all(a, !a.startsWith(' ') && !a.endsWith(' '))",
         "message": "engine.extraArgs: an item has leading or trailing spaces; remove them",

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from kimi_operator.api import rules
+from kimi_operator.engine import kinds
 from kimi_operator.engine.flags import check_extra_args, env_problem
 
 GROUP = "kimi-operator.dev"
@@ -169,7 +170,13 @@ class TopologySpec(ApiModel):
     accelerator: str = Field(
         default="H200",
         max_length=32,
-        description="Catalog key of the GPU (H100, H200, H20, B200, B300, MI300X, MI325X); sets memory per GPU.",
+        description="Catalog key of the GPU (H100, H200, H20, B200, B300, MI300X, MI325X; for engine.kind llamacpp "
+        "also L40S, RTX4090); sets memory per GPU.",
+    )
+    host_memory: Quantity | None = Field(
+        default=None,
+        description="Host RAM one node can give the engine pod, e.g. 512Gi. Required for engine.kind llamacpp: the "
+        "planner sizes the GGUF quantization from RAM + VRAM and puts the MoE experts in RAM.",
     )
     gpus_per_node: int = Field(
         default=8, ge=1, le=16, description="GPUs per node; an engine pod uses all of them unless gpusPerReplica says."
@@ -249,12 +256,23 @@ class EnvVar(ApiModel):
 
 
 class EngineSpec(ApiModel):
-    """SGLang settings. Unset values are chosen by the planner."""
+    """Engine settings (SGLang by default). Unset values are chosen by the planner."""
 
+    kind: kinds.Kind = Field(
+        default="sglang",
+        description="Which engine serves: sglang (default), vllm, or llamacpp (GGUF quantizations for nodes without "
+        "8 big GPUs; set model.repo to a GGUF repo and topology.hostMemory). docs/engines.md says which when.",
+    )
     image: str | None = Field(
         default=None,
         max_length=512,
-        description="SGLang image. Default: pinned per checkpoint in the catalog.",
+        description="Engine image. Default: pinned per engine (and per checkpoint) in the catalog.",
+    )
+    quantization: str | None = Field(
+        default=None,
+        max_length=64,
+        description="engine.kind llamacpp: the GGUF quantization to serve (e.g. UD-Q2_K_XL). Default: the largest "
+        "in the catalog that fits host RAM + VRAM.",
     )
     context_length: int | None = Field(
         default=None, ge=1024, le=1048576, description="Max tokens per sequence. Default: the checkpoint's."
@@ -291,7 +309,8 @@ class EngineSpec(ApiModel):
     extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
         default_factory=list,
         max_length=64,
-        description="Extra SGLang flags. Flags the operator sets from the plan are refused.",
+        description="Extra engine flags (of the engine.kind's server). Flags the operator sets from the plan are "
+        "refused.",
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
     resources: ResourceRequirements | None = Field(
@@ -302,10 +321,31 @@ class EngineSpec(ApiModel):
 
     @field_validator("extra_args")
     @classmethod
-    def _extra_args_are_sglang_options_the_plan_does_not_set(cls, value: list[str]) -> list[str]:
-        problems = check_extra_args(value)
+    def _extra_args_are_the_engines_options_the_plan_does_not_set(
+        cls, value: list[str], info: ValidationInfo
+    ) -> list[str]:
+        kind = info.data.get("kind", "sglang")
+        problems = (
+            [p.message for p in check_extra_args(value)] if kind == "sglang" else kinds.option_problems(kind, value)
+        )
         if problems:
-            raise ValueError("\n".join(p.message for p in problems))
+            raise ValueError("\n".join(problems))
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_is_not_the_engines_own(cls, value: list[EnvVar], info: ValidationInfo) -> list[EnvVar]:
+        kind = info.data.get("kind", "sglang")
+        problems = [] if kind == "sglang" else [why for e in value if (why := kinds.env_problem(kind, e.name))]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_is_for_llamacpp(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("kind", "sglang") != "llamacpp":
+            raise ValueError("engine.quantization picks a GGUF file for engine.kind llamacpp; remove it")
         return value
 
 

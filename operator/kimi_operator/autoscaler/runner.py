@@ -143,13 +143,20 @@ class Autoscalers:
             source = "prometheus"
             try:
                 loads = sources.prometheus_loads(
-                    prom.url, prom.queue_query, prom.running_query, namespace, name, [n for n, _ in leaders]
+                    prom.url,
+                    sources.default_query(prom.queue_query, spec.engine.kind),
+                    sources.default_query(prom.running_query, spec.engine.kind),
+                    namespace,
+                    name,
+                    [n for n, _ in leaders],
                 )
             except sources.SourceError as err:
                 loads, source_error = tuple(policy.ReplicaLoad(n, None, None) for n, _ in leaders), str(err)
         else:
             source = "pods"
-            loads, errors = sources.scrape_all((n, f"http://{ip}:{HTTP_PORT}/metrics") for n, ip in leaders)
+            loads, errors = sources.scrape_all(
+                ((n, f"http://{ip}:{HTTP_PORT}/metrics") for n, ip in leaders), spec.engine.kind
+            )
         t = time.time() if now is None else now
         decision = policy.decide(
             config_of(spec), self.states.get(key, policy.State()), policy.Observation(t, current, loads, source_error)

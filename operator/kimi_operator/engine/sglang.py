@@ -12,11 +12,10 @@ import re
 from typing import Any
 
 from kimi_operator.api.models import KimiDeploymentSpec
+from kimi_operator.engine.common import DIST_INIT_PORT, HTTP_PORT, MODELS_MOUNT, http_get, lifecycle, snapshot_path
 from kimi_operator.planner import Plan
 
-HTTP_PORT = 8000
-DIST_INIT_PORT = 20000
-MODELS_MOUNT = "/models"
+__all__ = ["DIST_INIT_PORT", "HTTP_PORT", "MODELS_MOUNT", "lifecycle", "snapshot_path"]
 KERNEL_CACHE_MOUNT = "/cache/sglang"
 # The kernel cache's directory on the weights volume, per engine image (kernels are built for one SGLang build).
 KERNEL_CACHE_ROOT = ".kernel-cache"
@@ -26,14 +25,7 @@ HEALTH_TIMEOUT_SECONDS = 30
 PROBE_PERIOD_SECONDS = 10
 # Thinking-mode answers can run for many minutes; SGLang drains in-flight requests on SIGTERM.
 TERMINATION_GRACE_SECONDS = 1800
-PRESTOP_SLEEP_SECONDS = 15
 LOADER_THREADS = 64
-
-
-def snapshot_path(repo: str, commit: str) -> str:
-    """Where a checkpoint lives on the weights volume: keyed by repo and commit (the fetcher's layout), so
-    deployments and revisions share one volume without clobbering each other."""
-    return f"{MODELS_MOUNT}/{repo}/{commit}"
 
 
 def kernel_cache_subpath(image: str) -> str:
@@ -146,35 +138,26 @@ def env(plan: Plan, spec: KimiDeploymentSpec) -> list[dict[str, Any]]:
     return out
 
 
-def _http_get(path: str) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http"}}
-
-
 def probes(plan: Plan) -> dict[str, dict[str, Any]]:
     """Startup probe sized to the checkpoint's load time; readiness/liveness above SGLang's 20 s health timeout."""
     return {
         "startupProbe": {
-            **_http_get("/health"),
+            **http_get("/health"),
             "periodSeconds": PROBE_PERIOD_SECONDS,
             "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
             "failureThreshold": math.ceil(plan.startup_budget_seconds / PROBE_PERIOD_SECONDS),
         },
         "readinessProbe": {
-            **_http_get("/health"),
+            **http_get("/health"),
             "periodSeconds": PROBE_PERIOD_SECONDS,
             "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
             "failureThreshold": 3,
             "successThreshold": 1,
         },
         "livenessProbe": {
-            **_http_get("/health"),
+            **http_get("/health"),
             "periodSeconds": 30,
             "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
             "failureThreshold": 10,
         },
     }
-
-
-def lifecycle() -> dict[str, Any]:
-    """preStop: keep serving while endpoints propagate, then SIGTERM lets SGLang drain in-flight requests."""
-    return {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}}

@@ -64,12 +64,13 @@ def main(
     verify: Verify = "fast",
     termination_log: str = "/dev/termination-log",
     max_attempts: int = MAX_ATTEMPTS,
+    include: tuple[str, ...] = (),
 ) -> int:
     """The `kimi-operator fetch` command: environment in, logs and exit code out. Never prints the token."""
     token = os.environ.get("HF_TOKEN") or None
     scrub = Scrubber([token])
     _setup_logging(scrub)
-    targets = [Target(repo, revision)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
+    targets = [Target(repo, revision, include)] + ([Target(draft_repo, draft_revision)] if draft_repo else [])
     log.info(
         "kimi-operator %s fetch: %s into %s (concurrency %d, verify %s, token %s, endpoint %s)",
         __version__,

@@ -192,12 +192,18 @@ class Fetcher:
                 raise FetchError(f"the Hub returned no size for {s.rfilename}; cannot plan the download")
             lfs = s.lfs
             remote.append(RemoteFile(s.rfilename, int(s.size), str(lfs.sha256) if lfs else None, s.blob_id))
-        files = [f for f in remote if weights.wanted(f.name)]
-        skipped = [f for f in remote if not weights.wanted(f.name)]
-        if not any(f.name.endswith(".safetensors") for f in files):
+        files = [f for f in remote if weights.wanted(f.name, target.include)]
+        skipped = [f for f in remote if not weights.wanted(f.name, target.include)]
+        if target.include and not any(f.name.endswith(".gguf") for f in files):
+            raise BadRequestError(
+                f"{target.repo}@{target.revision} has no .gguf file matching {', '.join(target.include)} (files: "
+                f"{', '.join(f.name for f in remote[:8])}{'...' if len(remote) > 8 else ''})"
+            )
+        if not target.include and not any(f.name.endswith(".safetensors") for f in files):
             raise BadRequestError(
                 f"{target.repo}@{target.revision} has no .safetensors weights (the fetcher serves safetensors "
-                f"checkpoints only; files: {', '.join(f.name for f in remote[:8])}{'...' if len(remote) > 8 else ''})"
+                f"checkpoints, or GGUF files named with --include; files: {', '.join(f.name for f in remote[:8])}"
+                f"{'...' if len(remote) > 8 else ''})"
             )
         for f in files:
             if weights.safe_join(Path("/x"), f.name) is None:

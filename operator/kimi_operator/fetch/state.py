@@ -47,6 +47,9 @@ class RemoteFile:
 class Target:
     repo: str
     revision: str = "main"
+    # Only these files (globs on the path in the repo, e.g. UD-Q2_K_XL/*.gguf); empty: what serving needs
+    # (weights.wanted)
+    include: tuple[str, ...] = ()
 
 
 @dataclass
