@@ -54,7 +54,8 @@ crds: venv ## Regenerate crds/ and the charts' copies from the models
 .PHONY: chart-lint
 chart-lint: venv bins ## helm lint --strict both charts; hadolint the operator Dockerfile
 	$(BIN_DIR)/helm lint --strict charts/kimi-operator charts/kimi-deployments --kube-version 1.36.3
-	.venv/bin/hadolint images/operator/Dockerfile images/gateway/Dockerfile images/testing/*/Dockerfile
+	.venv/bin/hadolint images/operator/Dockerfile images/gateway/Dockerfile images/llamacpp/Dockerfile \
+	  images/testing/*/Dockerfile
 
 .PHONY: docs
 docs: venv ## Regenerate docs/api.md from the models

@@ -56,7 +56,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 log = logging.getLogger("kimi_testbed.hub")
 
 SERVER_NAME = "kimi-testbed-hub/1 (Hugging Face Hub test double)"
-LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".model", ".h5", ".msgpack")
+LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".model", ".h5", ".msgpack", ".gguf")
 _BLOCK = 1 << 20
 _MB = 1 << 20
 # sha256 of generated files, shared by every stand-in of this process (tests start many small ones)
@@ -167,6 +167,9 @@ class RepoLayout:
     decoy_bytes: int = 4 * _MB
     tag: str = "v1.0"
     seed: int = 1
+    # Files with fixed content beside the generated ones, in both commits (e.g. a GGUF repo's quantization
+    # directories: ("UD-TQ1_0/toy.gguf", <bytes>)).
+    extra_files: tuple[tuple[str, bytes], ...] = ()
 
 
 def _files_for(layout: RepoLayout, variant: str) -> dict[str, GeneratedFile]:
@@ -210,6 +213,7 @@ def _files_for(layout: RepoLayout, variant: str) -> dict[str, GeneratedFile]:
     for name, text in small.items():
         files.append(GeneratedFile(name, content=text.encode()))
     files.append(GeneratedFile("tiktoken.model", size=2 * _MB + 12345, seed=layout.seed))
+    files += [GeneratedFile(name, content=content) for name, content in layout.extra_files]
     if layout.decoys:
         for i in range(1, n + 1):
             files.append(

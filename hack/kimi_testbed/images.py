@@ -7,6 +7,9 @@
   vfs store). The one the chart installs.
 - ``gateway``: ``images/gateway/Dockerfile`` (the pinned sglang-router from PyPI), what the operator's gateway
   Deployments run.
+- ``llamacpp``: ``images/llamacpp/Dockerfile``, the REAL llama.cpp ``llama-server`` built CPU-only (portable x86-64,
+  needs only glibc) from the llama.cpp that the pinned PyPI sdist of llama-cpp-python vendors, for serving tests with
+  the tiny random-weight GGUF model of ``kimi_testbed.toy_gguf``. Its build compiles llama.cpp: minutes on 2 cores.
 - ``standin-engine`` and ``hub-standin``: the TEST DOUBLES of SGLang and of the Hugging Face Hub
   (``images/testing/*/Dockerfile``).
 
@@ -19,7 +22,8 @@ package list and the apt sources. Nothing changed: ``build()`` returns in well u
 For the real node: ``archives()`` (the built archives, never builds), ``ref(name)`` (the image reference for pod
 specs and chart values). CLI: ``python -m kimi_testbed.images build|list|ref NAME|archives``.
 
-Inside a build, pip reaches PyPI through this machine's TLS-inspecting proxy: the host's CA bundle is mounted into
+Inside a build, apt reaches the Debian mirror of the base's sources (the llamacpp build stage installs g++ and cmake)
+and pip reaches PyPI through this machine's TLS-inspecting proxy: the host's CA bundle is mounted into
 the build and named by the Dockerfile's ``PIP_CERT`` and ``REQUESTS_CA_BUNDLE`` build arguments (pip's
 build-isolation subprocess reads only the latter). The bundle is never part of an image.
 """
@@ -76,6 +80,7 @@ class Image:
 IMAGES = (
     Image("operator", "images/operator/Dockerfile"),
     Image("gateway", "images/gateway/Dockerfile"),
+    Image("llamacpp", "images/llamacpp/Dockerfile"),
     Image("standin-engine", "images/testing/standin-engine/Dockerfile", test_double=True),
     Image("hub-standin", "images/testing/hub-standin/Dockerfile", test_double=True),
 )

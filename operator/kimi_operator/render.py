@@ -125,8 +125,9 @@ def pin(
         update["revision"] = commit
     if draft_commit:
         update["draft_commit"] = draft_commit
+    # the operator's override names an SGLang image (KIMI_ENGINE_IMAGE[_ROCM]): other engines keep their own
     override = config.engine_image_rocm if plan.vendor == "amd" else config.engine_image
-    if override and not spec.engine.image:
+    if override and not spec.engine.image and plan.engine == "sglang":
         update["image"] = override
     return plan.model_copy(update=update) if update else plan
 

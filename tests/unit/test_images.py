@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "images" / "operator" / "Dockerfile"
 INSTALL_SH = ROOT / "images" / "operator" / "install.sh"
 GATEWAY_DOCKERFILE = ROOT / "images" / "gateway" / "Dockerfile"
+LLAMACPP_DOCKERFILE = ROOT / "images" / "llamacpp" / "Dockerfile"
 TEST_DOCKERFILES = {i.name: ROOT / i.dockerfile for i in images.IMAGES if i.test_double}
 
 
@@ -90,7 +91,9 @@ def stages(text: str) -> tuple[dict[str, str], list[Stage]]:
 
 
 @pytest.mark.parametrize(
-    "dockerfile", [DOCKERFILE, GATEWAY_DOCKERFILE, *TEST_DOCKERFILES.values()], ids=lambda p: p.parent.name
+    "dockerfile",
+    [DOCKERFILE, GATEWAY_DOCKERFILE, LLAMACPP_DOCKERFILE, *TEST_DOCKERFILES.values()],
+    ids=lambda p: p.parent.name,
 )
 def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
