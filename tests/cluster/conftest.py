@@ -84,6 +84,6 @@ def release(cluster: Any, kubectl: Kubectl, namespace: str) -> Iterator[Release]
 
 @pytest.fixture(scope="session")
 def images(real_node: NodeHandle) -> dict[str, str]:
-    """The operator image, the gateway image and the stand-in engine (TEST DOUBLE) on the real node, built if
-    missing and imported."""
-    return {name: real_node.ensure_image(name) for name in ("operator", "gateway", "standin-engine")}
+    """The operator image, the gateway image, the stand-in engine (TEST DOUBLE) and llama.cpp's llama-server (the
+    real engine, CPU-only) on the real node, built if missing and imported."""
+    return {name: real_node.ensure_image(name) for name in ("operator", "gateway", "standin-engine", "llamacpp")}

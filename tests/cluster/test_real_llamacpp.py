@@ -82,6 +82,7 @@ def llamacpp_spec(image: str) -> dict[str, Any]:
             "resources": {"requests": {"cpu": "1", "memory": "512Mi"}},
         },
         "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2, "intervalSeconds": 2},
+        "gateway": {"enabled": False},  # the Service selects the engine pod (tests/cluster/test_real_gateway.py)
     }
 
 
@@ -137,10 +138,15 @@ def test_a_llamacpp_deployment_goes_ready_on_the_real_llama_server_and_generates
     models = json.loads(get_text(f"http://{ip}:8000/v1/models"))
     assert [m["id"] for m in models["data"]] == ["kimi-k2.5"], models
     (svc,) = [s for s in env.items("Service") if s["metadata"]["name"] == "gguf"]
-    port = svc["spec"]["ports"][0]["targetPort"]
-    slices = env.items("EndpointSlice", f"kubernetes.io/service-name={svc['metadata']['name']}")
+    slices = json.loads(
+        env.run(
+            "get", "endpointslices", "-l", f"kubernetes.io/service-name={svc['metadata']['name']}", "-o", "json"
+        ).stdout
+    )["items"]
     addresses = [a for s in slices for e in s.get("endpoints") or [] for a in e["addresses"]]
     assert addresses == [ip], addresses
+    # no kube-proxy in the test bed: ClusterIPs do not route; the Service's endpoint is what a proxy would reach
+    port = next(p for s in slices for p in s.get("ports") or [])["port"]
     t1 = time.monotonic()
     answer = wait_for(lambda: chat(f"http://{addresses[0]}:{port}"), 60, "a chat completion via the Service's endpoint")
     log(f"chat completion in {time.monotonic() - t1:.2f} s: {answer['usage']}")
