@@ -51,6 +51,18 @@ GAUGES: dict[str, str] = {
     "sglang:max_total_num_tokens": "Maximum total number of tokens in the KV cache pool.",
 }
 
+# vLLM's (vllm/v1/metrics/loggers.py) and llama-server's (--metrics) queue and running gauges: (name, HELP)
+OTHER_GAUGES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "vllm": (
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+        ("vllm:num_requests_running", "Number of requests in model execution batches."),
+    ),
+    "llamacpp": (
+        ("llamacpp:requests_deferred", "Number of requests deferred."),
+        ("llamacpp:requests_processing", "Number of requests processing."),
+    ),
+}
+
 
 @dataclass
 class RankStats:
@@ -74,6 +86,9 @@ class EngineConfig:
     max_total_num_tokens: int = 1_000_000  # per DP rank
     context_length: int = 262144
     extra: dict[str, Any] = field(default_factory=dict)
+    # Which engine's metric names /metrics speaks: sglang (per scheduler, as above), vllm or llamacpp (one sample
+    # of each engine's queue and running gauges, as those servers export them), for the autoscaler's tests per kind.
+    flavor: str = "sglang"
 
     def __post_init__(self) -> None:
         if self.dp_size < 1 or self.tp_size % self.dp_size:
@@ -378,6 +393,16 @@ class StandinEngine:
 
     def metrics_text(self) -> str:
         cfg = self.config
+        if cfg.flavor in OTHER_GAUGES:
+            (queue_name, queue_help), (running_name, running_help) = OTHER_GAUGES[cfg.flavor]
+            tag = f'{{model_name="{cfg.model_name}",engine="0"}}' if cfg.flavor == "vllm" else ""
+            out: list[str] = []
+            for gauge, gauge_help, count in (
+                (queue_name, queue_help, self.queue_depth),
+                (running_name, running_help, self.running_requests),
+            ):
+                out += [f"# HELP {gauge} {gauge_help}", f"# TYPE {gauge} gauge", f"{gauge}{tag} {_num(count)}"]
+            return "\n".join(out) + "\n"
         with self._lock:
             rows = [(self._labels(i), RankStats(**vars(r))) for i, r in enumerate(self.ranks)]
         lines: list[str] = []

@@ -173,3 +173,19 @@ def test_an_api_key_is_checked_like_sglangs_except_on_health_and_metrics(engine:
     assert engine.unauthorized == 2 and engine.completions == 1
     assert get(engine.url + "/health")[0] == 200 and get(engine.url + "/metrics")[0] == 200
     assert get(engine.url + "/v1/models")[0] == 401
+
+
+@pytest.mark.parametrize("flavor", ["sglang", "vllm", "llamacpp"])
+def test_each_engines_metric_names_reach_the_autoscalers_scrape(flavor: str) -> None:
+    """The stand-in speaks each engine's queue gauges; the autoscaler's own scrape over HTTP reads them per kind
+    (and finds nothing under another engine's names)."""
+    from kimi_operator.autoscaler import sources
+
+    with StandinEngine(config=EngineConfig(flavor=flavor, tp_size=8, dp_size=2 if flavor == "sglang" else 1)) as eng:
+        eng.queue_depth = 7
+        eng.running_requests = 3
+        load, error = sources.scrape("pod-0", eng.url + "/metrics", kind=flavor)  # type: ignore[arg-type]
+        assert (load.queue, load.running, error) == (7, 3, "")
+        other = "sglang" if flavor != "sglang" else "vllm"
+        load, error = sources.scrape("pod-0", eng.url + "/metrics", kind=other)  # type: ignore[arg-type]
+        assert load.queue is None and "no " in error
