@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
+VLLM_VENV_STAMP := .venv-vllm/.installed
 export PYTHONPATH := $(CURDIR)/hack:$(CURDIR)/operator
 CLUSTER ?= default
 BIN_DIR ?= $(or $(KIMI_TESTBED_BIN_DIR),$(or $(KIMI_CACHE_DIR),$(HOME)/.cache/kimi-operator)/bin/current)
@@ -20,8 +21,16 @@ $(VENV_STAMP): pyproject.toml hack/contract-requirements.txt
 	.venv/bin/pip install -q --no-deps -r hack/contract-requirements.txt
 	touch $@
 
+# The pinned vLLM for tests/contract/test_vllm_launch.py: its own venv (its pins conflict with sglang's)
+$(VLLM_VENV_STAMP): hack/contract-requirements-vllm.txt
+	python3 -m venv .venv-vllm
+	echo '*' > .venv-vllm/.gitignore
+	.venv-vllm/bin/pip install -q --upgrade pip
+	.venv-vllm/bin/pip install -q --no-deps -r hack/contract-requirements-vllm.txt
+	touch $@
+
 .PHONY: venv
-venv: $(VENV_STAMP) ## Create .venv with the operator, dev tools and the pinned sglang parser
+venv: $(VENV_STAMP) $(VLLM_VENV_STAMP) ## Create .venv (operator, dev tools, pinned sglang parser) and .venv-vllm (pinned vLLM)
 
 .PHONY: bins
 bins: ## Build (once, cached in ~/.cache/kimi-operator) the control-plane binaries from the Go module proxy

@@ -20,7 +20,7 @@ from typing import Literal
 Kind = Literal["sglang", "vllm", "llamacpp"]
 KINDS: tuple[Kind, ...] = ("sglang", "vllm", "llamacpp")
 
-VLLM_VERSION = "0.19.1"
+VLLM_VERSION = "0.34.0"  # keep in step with hack/contract-requirements-vllm.txt (tests/contract)
 VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 VLLM_ROCM_IMAGE = f"rocm/vllm:v{VLLM_VERSION}"
 # llama.cpp publishes server images per build number (ggml-org/llama.cpp packages: server-cuda-b<N>); the build the
