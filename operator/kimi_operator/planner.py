@@ -451,6 +451,21 @@ def _check_placement_and_volumes(
         )
 
 
+def _startup_budget(weights_bytes: int, post_load_seconds: int, minimum_seconds: int) -> int:
+    """The startup probe's budget: the weights read at the pessimistic rate plus what follows, in whole minutes."""
+    return max(minimum_seconds, math.ceil((weights_bytes / LOAD_BYTES_PER_SECOND + post_load_seconds) / 60) * 60)
+
+
+def _context_length(context: int, ckpt: catalog.Checkpoint) -> int:
+    if context > ckpt.max_context:
+        raise PlanError(
+            Reason.CONTEXT_TOO_LONG,
+            f"engine.contextLength {context} exceeds {ckpt.repo}'s maximum of {ckpt.max_context} tokens; "
+            f"remove it or set at most {ckpt.max_context}",
+        )
+    return context
+
+
 def _volume_size(weights_bytes: int) -> str:
     """Checkpoint size plus 15% headroom (partial files during a resume, a second revision's config files)."""
     return f"{math.ceil(weights_bytes * 1.15 / catalog.GIB)}Gi"
@@ -509,13 +524,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
     if eng.kind == "sglang":
         _check_engine_quirks(ckpt, eng.extra_args)
     _check_placement_and_volumes(spec, ckpt, acc)
-    context = eng.context_length or ckpt.max_context
-    if context > ckpt.max_context:
-        raise PlanError(
-            Reason.CONTEXT_TOO_LONG,
-            f"engine.contextLength {context} exceeds {ckpt.repo}'s maximum of {ckpt.max_context} tokens; "
-            f"remove it or set at most {ckpt.max_context}",
-        )
+    context = _context_length(eng.context_length or ckpt.max_context, ckpt)
     if eng.language_model_only and not ckpt.vision:
         raise PlanError(
             Reason.INVALID_SPEC,
@@ -599,10 +608,7 @@ def plan(spec: KimiDeploymentSpec) -> Plan:
                 "K2.5's MLA layout (SGLang's and vLLM's current K2.5 recipes)"
             )
     served = spec.model.served_model_name or ckpt.served_name
-    startup = max(
-        MIN_STARTUP_SECONDS,
-        math.ceil((ckpt.weights_bytes / LOAD_BYTES_PER_SECOND + POST_LOAD_SECONDS) / 60) * 60,
-    )
+    startup = _startup_budget(ckpt.weights_bytes, POST_LOAD_SECONDS, MIN_STARTUP_SECONDS)
     return Plan(
         repo=ckpt.repo,
         revision=spec.model.revision,
@@ -820,13 +826,7 @@ def _plan_llamacpp(spec: KimiDeploymentSpec, ckpt: catalog.Checkpoint, acc: cata
                 "topology.hostMemory and the GPUs; remove it",
             )
     _check_placement_and_volumes(spec, ckpt, acc, check_size=False)
-    context = eng.context_length or LLAMACPP_DEFAULT_CONTEXT
-    if context > ckpt.max_context:
-        raise PlanError(
-            Reason.CONTEXT_TOO_LONG,
-            f"engine.contextLength {context} exceeds {ckpt.repo}'s maximum of {ckpt.max_context} tokens; "
-            f"remove it or set at most {ckpt.max_context}",
-        )
+    context = _context_length(eng.context_length or LLAMACPP_DEFAULT_CONTEXT, ckpt)
     gpus = topo.gpus_per_replica or topo.gpus_per_node
     vram = gpus * acc.memory_bytes
     ram = int(quantity.parse(topo.host_memory))
@@ -879,10 +879,7 @@ def _plan_llamacpp(spec: KimiDeploymentSpec, ckpt: catalog.Checkpoint, acc: cata
     ]
     language_only = eng.language_model_only or not ckpt.vision
     include = [quant.files_glob] + ([ckpt.mmproj_glob] if not language_only and ckpt.mmproj_glob else [])
-    startup = max(
-        LLAMACPP_MIN_STARTUP_SECONDS,
-        math.ceil((quant.bytes / LOAD_BYTES_PER_SECOND + LLAMACPP_POST_LOAD_SECONDS) / 60) * 60,
-    )
+    startup = _startup_budget(quant.bytes, LLAMACPP_POST_LOAD_SECONDS, LLAMACPP_MIN_STARTUP_SECONDS)
     return Plan(
         repo=ckpt.repo,
         revision=spec.model.revision,

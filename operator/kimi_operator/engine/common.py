@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Any
 
 HTTP_PORT = 8000  # the container port every engine listens on (the Service's and the gateway's target)
@@ -19,6 +21,38 @@ def snapshot_path(repo: str, commit: str) -> str:
 
 def http_get(path: str) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}}
+
+
+def health_probes(startup_budget_seconds: int, *, period: int, timeout: int) -> dict[str, dict[str, Any]]:
+    """/health probes of an engine: a startup probe that allows the plan's startup budget, then readiness (3 misses)
+    and liveness (10 misses, every 30 s). `timeout` is each engine's own (SGLang's /health generates a token)."""
+    return {
+        "startupProbe": {
+            **http_get("/health"),
+            "periodSeconds": period,
+            "timeoutSeconds": timeout,
+            "failureThreshold": math.ceil(startup_budget_seconds / period),
+        },
+        "readinessProbe": {
+            **http_get("/health"),
+            "periodSeconds": period,
+            "timeoutSeconds": timeout,
+            "failureThreshold": 3,
+            "successThreshold": 1,
+        },
+        "livenessProbe": {
+            **http_get("/health"),
+            "periodSeconds": 30,
+            "timeoutSeconds": timeout,
+            "failureThreshold": 10,
+        },
+    }
+
+
+def user_env(spec_env: Iterable[Any], owned: Iterable[str]) -> list[dict[str, Any]]:
+    """engine.env entries as container env, without the names the operator sets (the API refuses those anyway)."""
+    skip = set(owned)
+    return [{"name": e.name, "value": e.value} for e in spec_env if e.name not in skip]
 
 
 def lifecycle() -> dict[str, Any]:

@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from kimi_operator.api.models import KimiDeploymentSpec
-from kimi_operator.engine.common import HTTP_PORT, http_get, lifecycle, snapshot_path
+from kimi_operator.engine.common import HTTP_PORT, health_probes, lifecycle, snapshot_path, user_env
 from kimi_operator.engine.kinds import FACTS
 from kimi_operator.planner import Plan
 
@@ -87,34 +87,13 @@ def command(plan: Plan, spec: KimiDeploymentSpec, *, cpu: int = 0) -> list[str]:
 
 def env(plan: Plan, spec: KimiDeploymentSpec) -> list[dict[str, Any]]:  # noqa: ARG001 - the engines' signature
     out: list[dict[str, Any]] = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
-    owned = set(FACTS["llamacpp"].owned_env)
-    out += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in owned]
+    out += user_env(spec.engine.env, FACTS["llamacpp"].owned_env)
     return out
 
 
 def probes(plan: Plan) -> dict[str, dict[str, Any]]:
     """Startup probe sized to reading the quantization from the volume; then /health (200 once loaded)."""
-    return {
-        "startupProbe": {
-            **http_get("/health"),
-            "periodSeconds": PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": math.ceil(plan.startup_budget_seconds / PROBE_PERIOD_SECONDS),
-        },
-        "readinessProbe": {
-            **http_get("/health"),
-            "periodSeconds": PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": 3,
-            "successThreshold": 1,
-        },
-        "livenessProbe": {
-            **http_get("/health"),
-            "periodSeconds": 30,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": 10,
-        },
-    }
+    return health_probes(plan.startup_budget_seconds, period=PROBE_PERIOD_SECONDS, timeout=HEALTH_TIMEOUT_SECONDS)
 
 
 __all__ = ["HTTP_PORT", "lifecycle"]

@@ -7,12 +7,19 @@ Every command line rendered here is parsed in the contract tests by the pinned s
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
 from kimi_operator.api.models import KimiDeploymentSpec
-from kimi_operator.engine.common import DIST_INIT_PORT, HTTP_PORT, MODELS_MOUNT, http_get, lifecycle, snapshot_path
+from kimi_operator.engine.common import (
+    DIST_INIT_PORT,
+    HTTP_PORT,
+    MODELS_MOUNT,
+    health_probes,
+    lifecycle,
+    snapshot_path,
+    user_env,
+)
 from kimi_operator.planner import Plan
 
 __all__ = ["DIST_INIT_PORT", "HTTP_PORT", "MODELS_MOUNT", "lifecycle", "snapshot_path"]
@@ -133,31 +140,10 @@ def env(plan: Plan, spec: KimiDeploymentSpec) -> list[dict[str, Any]]:
         # With AITER attention above 8K context SGLang multiplies an explicit --mem-fraction-static by 0.85
         # (attention_hook) unless told to honour it: the fraction passed is then the one the plan's KV numbers use.
         out.append({"name": "SGLANG_AITER_HONOR_EXPLICIT_MEM_FRACTION", "value": "1"})
-    owned = {e["name"] for e in out}
-    out += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in owned]
+    out += user_env(spec.engine.env, [e["name"] for e in out])
     return out
 
 
 def probes(plan: Plan) -> dict[str, dict[str, Any]]:
     """Startup probe sized to the checkpoint's load time; readiness/liveness above SGLang's 20 s health timeout."""
-    return {
-        "startupProbe": {
-            **http_get("/health"),
-            "periodSeconds": PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": math.ceil(plan.startup_budget_seconds / PROBE_PERIOD_SECONDS),
-        },
-        "readinessProbe": {
-            **http_get("/health"),
-            "periodSeconds": PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": 3,
-            "successThreshold": 1,
-        },
-        "livenessProbe": {
-            **http_get("/health"),
-            "periodSeconds": 30,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": 10,
-        },
-    }
+    return health_probes(plan.startup_budget_seconds, period=PROBE_PERIOD_SECONDS, timeout=HEALTH_TIMEOUT_SECONDS)

@@ -10,11 +10,17 @@ pinned vLLM release's own parser and engine-argument validation in the contract 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from kimi_operator.api.models import KimiDeploymentSpec
-from kimi_operator.engine.common import DIST_INIT_PORT, HTTP_PORT, http_get, lifecycle, snapshot_path
+from kimi_operator.engine.common import (
+    DIST_INIT_PORT,
+    HTTP_PORT,
+    health_probes,
+    lifecycle,
+    snapshot_path,
+    user_env,
+)
 from kimi_operator.engine.kinds import FACTS
 from kimi_operator.planner import Plan
 
@@ -105,34 +111,13 @@ def env(plan: Plan, spec: KimiDeploymentSpec) -> list[dict[str, Any]]:
         out.append({"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     if plan.vendor == "amd":
         out.append({"name": "VLLM_ROCM_USE_AITER", "value": "1"})  # the recipe's MI300X line
-    owned = set(FACTS["vllm"].owned_env)
-    out += [{"name": e.name, "value": e.value} for e in spec.engine.env if e.name not in owned]
+    out += user_env(spec.engine.env, FACTS["vllm"].owned_env)
     return out
 
 
 def probes(plan: Plan) -> dict[str, dict[str, Any]]:
     """The startup probe covers the weight load and compilation (the plan's budget); then /health."""
-    return {
-        "startupProbe": {
-            **http_get("/health"),
-            "periodSeconds": PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": math.ceil(plan.startup_budget_seconds / PROBE_PERIOD_SECONDS),
-        },
-        "readinessProbe": {
-            **http_get("/health"),
-            "periodSeconds": PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": 3,
-            "successThreshold": 1,
-        },
-        "livenessProbe": {
-            **http_get("/health"),
-            "periodSeconds": 30,
-            "timeoutSeconds": HEALTH_TIMEOUT_SECONDS,
-            "failureThreshold": 10,
-        },
-    }
+    return health_probes(plan.startup_budget_seconds, period=PROBE_PERIOD_SECONDS, timeout=HEALTH_TIMEOUT_SECONDS)
 
 
 __all__ = ["HTTP_PORT", "lifecycle"]
