@@ -98,6 +98,10 @@ def test_every_option_the_operator_renders_or_owns_is_one_of_vllms() -> None:
     assert rendered <= options, rendered - options
     owned = set(kinds.FACTS["vllm"].owned_options)
     assert owned <= options, owned - options
+    # vLLM takes abbreviations, so the operator refuses every prefix of an owned long option: no option of vLLM's
+    # own may be such a prefix unless it is owned too
+    shadowed = {o for o in options - owned if o.startswith("--") and kinds.abbreviated("vllm", o) is not None}
+    assert not shadowed, shadowed
 
 
 def test_the_operators_vllm_image_is_the_contracts_release() -> None:

@@ -105,6 +105,8 @@ def test_budget_only_gpus_are_refused_for_sglang_and_vllm() -> None:
     [
         ("vllm", "--max_model_len", "--max_model_len is set by the operator for vLLM from the plan; use "),
         ("vllm", "--tensor-parallel-size=4", "--tensor-parallel-size is set by the operator for vLLM"),
+        ("vllm", "--max-model", "--max-model (= --max-model-len) is set by the operator for vLLM"),
+        ("vllm", "--gpu_memory", "--gpu_memory (= --gpu-memory-utilization) is set by the operator"),
         ("llamacpp", "-ngl", "-ngl is set by the operator for llama.cpp (the planner offloads"),
         ("llamacpp", "--ctx-size=4096", "--ctx-size is set by the operator for llama.cpp from the plan"),
     ],
@@ -142,6 +144,8 @@ def test_owned_patterns_match_what_the_models_refuse() -> None:
             assert kinds.option_problems(kind, [option]), option
         assert not pattern.match("--max-num-seqs") and not pattern.match("--parallel")
     assert re.match(kinds.owned_pattern("vllm"), "--gpu_memory_utilization=0.5")
+    assert re.match(kinds.owned_pattern("vllm"), "--max-model=4096")  # vLLM takes abbreviations
+    assert not re.match(kinds.owned_pattern("llamacpp"), "--ctx=4096")  # llama.cpp does not
 
 
 # ------------------------------------------------------------------------------------------------ rendering

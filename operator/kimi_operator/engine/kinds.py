@@ -5,10 +5,11 @@ SGLang is the default; vLLM and llama.cpp are the other two engines the Kimi K2.
 its own module (engine/sglang.py, engine/vllm.py, engine/llamacpp.py); this one holds what the models, the CRD, the
 planner and the autoscaler read: pinned versions and images, metric names, and which options each renderer owns.
 
-Owned options of vLLM and llama.cpp are matched exactly (`--flag` or `--flag=value`) after the spelling each parser
-normalises: vLLM's FlexibleArgumentParser takes `--max_model_len` for `--max-model-len` and does not take
-abbreviations (allow_abbrev=False); llama.cpp's parser takes neither. SGLang's full parser resolution lives in
-engine/flags.py.
+Owned options of vLLM and llama.cpp are matched (`--flag` or `--flag=value`) in the spellings each parser takes:
+vLLM's FlexibleArgumentParser turns `--max_model_len` into `--max-model-len` and, being argparse with its default
+allow_abbrev, takes unambiguous abbreviations (`--max-model 4096`), so any prefix of an owned long option (at
+least 3 characters after `--`) is refused too (tests/contract checks no vLLM option of its own is such a prefix);
+llama.cpp's parser takes exact names only. SGLang's full parser resolution lives in engine/flags.py.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class EngineFacts:
     owned_env: dict[str, str] = field(default_factory=dict)
     owned_env_prefixes: tuple[str, ...] = ()
     normalise_underscores: bool = False
+    abbreviations: bool = False  # the parser takes unambiguous prefixes of long options
 
 
 _VLLM_OWNED = {
@@ -132,6 +134,7 @@ FACTS: dict[Kind, EngineFacts] = {
         running_metric="vllm:num_requests_running",
         health_path="/health",
         owned_options=_VLLM_OWNED,
+        abbreviations=True,
         owned_env={
             "HF_HUB_OFFLINE": "serving pods never reach the Hub: the weights are on the volume",
             "HF_HOME": "a writable path inside the pod",
@@ -176,11 +179,24 @@ def option_problems(kind: Kind, args: list[str]) -> list[str]:
             out.append(f"{item!r} holds a flag and a value in one item; give them as two items")
             continue
         name = flag.replace("_", "-") if facts.normalise_underscores and flag.startswith("--") else flag
-        if name in facts.owned_options:
-            hint = facts.owned_options[name]
+        full = name if name in facts.owned_options else abbreviated(kind, name)
+        if full is not None:
+            hint = facts.owned_options[full]
             how = f" {hint}" if hint.startswith("(") else f" from the plan; use {hint}"
-            out.append(f"{flag} is set by the operator for {facts.display}{how}")
+            shown = flag if full == name else f"{flag} (= {full})"
+            out.append(f"{shown} is set by the operator for {facts.display}{how}")
     return out
+
+
+MIN_PREFIX = 5  # "--" and 3 characters
+
+
+def abbreviated(kind: Kind, name: str) -> str | None:
+    """The owned long option `name` abbreviates, when the engine's parser takes abbreviations."""
+    facts = FACTS[kind]
+    if not facts.abbreviations or not name.startswith("--") or len(name) < MIN_PREFIX:
+        return None
+    return next((o for o in sorted(facts.owned_options) if o.startswith(name) and o.startswith("--")), None)
 
 
 def env_problem(kind: Kind, name: str) -> str | None:
@@ -204,8 +220,14 @@ def owned_pattern(kind: Kind) -> str:
     alternatives = []
     for option in sorted(facts.owned_options):
         assert re.fullmatch(r"-{1,2}[a-z0-9-]+", option), option
-        if facts.normalise_underscores and option.startswith("--"):
-            alternatives.append("--" + option[2:].replace("-", "[-_]"))
-        else:
+        if not option.startswith("--"):
             alternatives.append(option)
+            continue
+        # the option's characters from position `keep` on are optional when the parser takes abbreviations
+        keep = MIN_PREFIX if facts.abbreviations else len(option)
+        dash = "[-_]" if facts.normalise_underscores else "-"
+        tail = ""
+        for ch in reversed(option[keep:]):
+            tail = f"({dash if ch == '-' else ch}{tail})?"
+        alternatives.append("--" + option[2:keep].replace("-", dash) + tail)
     return "^(" + "|".join(alternatives) + ")(=.*)?$"
