@@ -60,12 +60,11 @@ def _completed_by_others(kube: Kube, namespace: str, name: str, claim: str, uid:
     and, where they recorded it, the same claim UID (a namesake of a deleted claim is another volume)."""
     if uid is None:
         return frozenset()
-    keys = set()
-    for kd in kube.list_kds(namespace):
-        w = (kd.get("status") or {}).get("weights") or {}
-        if kd["metadata"]["name"] != name and w.get("claimName") == claim and w.get("claimUID") in (None, uid):
-            keys.add(str(w.get("completedKey") or ""))
-    return frozenset(keys - {""})
+    return frozenset(
+        key
+        for other, other_claim, other_uid, key in kube.weights_completions(namespace)
+        if other != name and other_claim == claim and other_uid in (None, uid) and key
+    )
 
 
 NODE_SIZE_TTL_SECONDS = 300.0

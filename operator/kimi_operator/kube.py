@@ -197,6 +197,20 @@ class NotLeader(Exception):
     could not renew it in time). Not an API error: the work is done by the leader."""
 
 
+Completion = tuple[str, str, str | None, str]  # (KimiDeployment name, claimName, claimUID, completedKey)
+
+
+def completion_of(kd: Manifest) -> Completion:
+    w = (kd.get("status") or {}).get("weights") or {}
+    uid = w.get("claimUID")
+    return (
+        str(kd["metadata"]["name"]),
+        str(w.get("claimName") or ""),
+        None if uid is None else str(uid),
+        str(w.get("completedKey") or ""),
+    )
+
+
 class Kube:
     def __init__(self, api: kubernetes.client.ApiClient, may_write: Callable[[], bool] | None = None) -> None:
         """`may_write`: asked before every write (leader.Elector.leading); None: this process always may."""
@@ -358,6 +372,10 @@ class Kube:
     def list_kds(self, namespace: str) -> list[Manifest]:
         return self.list_of(KD, namespace, "")
 
+    def weights_completions(self, namespace: str) -> list[Completion]:
+        """Each KimiDeployment's recorded weights: (name, claimName, claimUID, completedKey) from status.weights."""
+        return [completion_of(kd) for kd in self.list_kds(namespace)]
+
     def secret_key_fingerprint(self, namespace: str, name: str, key: str) -> str | None:
         """A fingerprint of one key of a Secret (the API key): 16 hex digits of SHA-256 over the Secret's namespace,
         name and the key's value. It changes when that value changes, not when the Secret's labels or other keys
@@ -483,6 +501,10 @@ class CachedKube(Kube):
     def list_kds(self, namespace: str) -> list[Manifest]:
         self._ensure(KIND, KD, namespace, "")
         return self.cache.list(KIND, namespace)
+
+    def weights_completions(self, namespace: str) -> list[Completion]:
+        self._ensure(KIND, KD, namespace, "")
+        return self.cache.scan(KIND, namespace, completion_of)  # four strings each, no copy of the namespace
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         self._ensure("Pod", PODS, namespace, MANAGED_SELECTOR)

@@ -66,6 +66,40 @@ def test_the_newer_version_wins_whichever_way_it_arrives_and_a_deletion_removes(
     assert cache.get("Job", "ns", "k") is not None, "callers get copies"
 
 
+def test_the_instance_index_answers_as_a_full_scan_would_through_relabels_relists_and_deletions() -> None:
+    cache, inst = Cache(), render.INSTANCE_LABEL
+
+    def names(selector: str) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in cache.list("Pod", "ns", selector))
+
+    cache.event("Pod", "ADDED", _obj("a-0", "1", **{inst: "a", render.COMPONENT_LABEL: "server"}))
+    cache.event("Pod", "ADDED", _obj("a-f", "2", **{inst: "a", render.COMPONENT_LABEL: "fetch"}))
+    cache.event("Pod", "ADDED", _obj("b-0", "3", **{inst: "b", render.COMPONENT_LABEL: "server"}))
+    cache.event("Pod", "ADDED", _obj("x", "4"))  # no instance label: only a selector without it finds it
+    assert names(render.engine_pods_selector("a")) == ["a-0"]
+    assert names(f"{inst} in (a, b)") == ["a-0", "a-f", "b-0"]
+    assert names(f"{inst}!=a") == ["b-0", "x"]
+    assert names("") == ["a-0", "a-f", "b-0", "x"]
+    cache.event("Pod", "MODIFIED", _obj("a-0", "5", **{inst: "b", render.COMPONENT_LABEL: "server"}))  # relabelled
+    assert names(render.engine_pods_selector("a")) == [] and names(render.engine_pods_selector("b")) == ["a-0", "b-0"]
+    cache.event("Pod", "MODIFIED", _obj("a-0", "4", **{inst: "a", render.COMPONENT_LABEL: "server"}))  # older: lost
+    assert names(f"{inst}=a") == ["a-f"]
+    cache.prime("Pod", "ns", [_obj("b-0", "3", **{inst: "b"}), _obj("x", "7")])  # a newer relist: a-0, a-f gone
+    assert names(f"{inst}=b") == ["b-0"] and names(f"{inst}=a") == []
+    cache.event("Pod", "DELETED", _obj("b-0", "8"))
+    assert names(f"{inst}=b") == [] and names("") == ["x"]
+
+
+def test_a_scan_reads_every_object_of_the_namespace_without_copying_it() -> None:
+    cache = Cache()
+    cache.event("KimiDeployment", "ADDED", _obj("a", "1"))
+    cache.event("KimiDeployment", "ADDED", _obj("b", "2"))
+    cache.event("KimiDeployment", "ADDED", {**_obj("c", "3"), "metadata": {"name": "c", "namespace": "other"}})
+    seen = cache.scan("KimiDeployment", "ns", lambda o: o)
+    assert sorted(o["metadata"]["name"] for o in seen) == ["a", "b"]
+    assert seen[0] is cache.scan("KimiDeployment", "ns", lambda o: o)[0], "the cached object itself, no copy"
+
+
 class WatchedFake(CachedKube, FakeKube):
     """CachedKube over the in-memory API server, whose every change reaches the cache as a watch event would
     (kopf's handlers do that for the real operator); counts the LISTs that reach the server."""
