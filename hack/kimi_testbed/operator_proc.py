@@ -102,6 +102,12 @@ class OperatorProcess:
                 return int(line.split()[1])
         return 0
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the operator process has used (seconds)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies under the operator."""
         if self.proc and self.proc.poll() is None:
